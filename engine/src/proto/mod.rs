@@ -1,0 +1,14 @@
+//! The sans-IO protocol core: frames, stream and link state machines.
+//!
+//! Nothing here touches a socket, a thread or a clock: the caller feeds bytes and the
+//! current time in and takes bytes and [`Event`]s out. `PROTOCOL.md` at the repository
+//! root is the specification this code implements.
+
+pub mod frame;
+mod link;
+mod stream;
+
+pub use frame::{
+    ErrorCode, Frame, FrameError, OpenHeader, RouteEntry, ServiceOp, ServicesUpdate, StreamId,
+};
+pub use link::{Event, Link, LinkConfig, LinkError, PeerInfo, Recv, StreamError};
