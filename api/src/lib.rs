@@ -1,1 +1,454 @@
-//! astranet
+//! # astranet
+//!
+//! Millions of independent streams between machines, multiplexed over one link per
+//! pair of nodes, on a flat virtual network: every node has a random [`NodeId`],
+//! listeners bind a `u32` port, a service name or both, and clients dial a node and
+//! port or just a service name.
+//!
+//! Streams behave like TCP sockets: [`Stream`] implements `std::io::Read`/`Write` for
+//! threaded code, [`AsyncStream`] the `futures-io` traits for async code (tokio users
+//! adapt with `tokio_util::compat`).
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! // Two nodes in one process, joined over TCP loopback.
+//! let server = astranet::Node::builder().shards(1).build()?;
+//! let client = astranet::Node::builder().shards(1).build()?;
+//! let addr = server.listen("127.0.0.1:0")?;
+//! client.join(&addr.to_string())?;
+//!
+//! let listener = server.bind("echo:7")?;
+//! let t = std::thread::spawn(move || -> std::io::Result<()> {
+//!     let mut s = listener.accept()?;
+//!     let mut buf = Vec::new();
+//!     s.read_to_end(&mut buf)?;  // until the client half-closes
+//!     s.write_all(&buf)
+//! });
+//! let mut s = client.dial_timeout("echo", std::time::Duration::from_secs(5))?;
+//! s.write_all(b"ping")?;
+//! s.shutdown_write()?;
+//! let mut back = String::new();
+//! s.read_to_string(&mut back)?;
+//! assert_eq!(back, "ping");
+//! t.join().unwrap()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! ## Address grammar
+//!
+//! | written | means |
+//! |---|---|
+//! | `":80"` | port 80 (on this node, for `bind` and `dial`) |
+//! | `"echo"` | the service named `echo` (any instance, for `dial`) |
+//! | `"echo:80"` | the service `echo` on port 80 |
+//! | `"0123456789abcdef:80"` | port 80 on the node with that id |
+//!
+//! A node id is always exactly 16 hex digits; a service name is 1–255 characters of
+//! `[A-Za-z0-9._-]`, starts with a letter and is never 16 hex digits, so the two cannot
+//! be confused.
+
+#![warn(missing_docs)]
+
+mod pipe;
+mod stream;
+
+pub use astranet_engine::{Addr, NodeId, RouteInfo, ServiceInfo};
+pub use pipe::{pipe, PipeEnd, PipeReader, PipeWriter};
+pub use stream::{AsyncStream, Stream, MAX_WRITE};
+
+use astranet_engine::{wait_timeout, ListenerRef, NodeConfig, NodeCore, Wait};
+use std::any::Any;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Settings for a [`Node`]. Get one from [`Node::builder`].
+#[derive(Debug, Clone)]
+pub struct NodeBuilder {
+    cfg: NodeConfig,
+    dial_timeout: Duration,
+}
+
+impl NodeBuilder {
+    /// Number of shards (executor threads, each owning a share of the links and their
+    /// streams). Default: the number of available cores.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.cfg.shards = n;
+        self
+    }
+
+    /// Pins shard i to core i. Default: off (several nodes often share a process).
+    pub fn pin_cores(mut self, on: bool) -> Self {
+        self.cfg.pin_cores = on;
+        self
+    }
+
+    /// The env namespace: this node sees and dials only services of the same env.
+    pub fn env(mut self, env: &str) -> Self {
+        self.cfg.env = env.to_string();
+        self
+    }
+
+    /// Keep-alive: probe a silent link every `interval`, declare it dead after
+    /// `timeout` of silence (every stream on it then fails). Default 10 s / 30 s.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.cfg.link.keepalive_interval = interval;
+        self.cfg.link.keepalive_timeout = timeout;
+        self
+    }
+
+    /// Uses this node id instead of a random one.
+    pub fn id(mut self, id: NodeId) -> Self {
+        self.cfg.id = id;
+        self
+    }
+
+    /// How long `dial` waits for an unknown service to appear, and for the peer to
+    /// accept. Default 10 s.
+    pub fn dial_timeout(mut self, d: Duration) -> Self {
+        self.dial_timeout = d;
+        self
+    }
+
+    /// How long `join` keeps retrying a refused connection. Default 10 s.
+    pub fn join_timeout(mut self, d: Duration) -> Self {
+        self.cfg.join_timeout = d;
+        self
+    }
+
+    /// Most streams a peer may have open towards this node at once. Default 2^20.
+    pub fn max_streams(mut self, n: u64) -> Self {
+        self.cfg.link.max_streams = n;
+        self
+    }
+
+    /// Initial per-stream receive window in bytes (default 64 KiB) and the largest a
+    /// busy stream's window grows to (default 4 MiB).
+    pub fn windows(mut self, initial: u32, max: u32) -> Self {
+        self.cfg.link.initial_window = initial;
+        self.cfg.link.max_window = max.max(initial);
+        self
+    }
+
+    /// Most accepted streams waiting in one listener before new ones are refused.
+    pub fn backlog(mut self, n: usize) -> Self {
+        self.cfg.backlog = n;
+        self
+    }
+
+    /// Starts the node.
+    pub fn build(self) -> io::Result<Node> {
+        if self.cfg.link.keepalive_timeout.is_zero() || self.cfg.link.keepalive_interval.is_zero()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "keep-alive interval and timeout must be above zero",
+            ));
+        }
+        let core = NodeCore::start(self.cfg)?;
+        Ok(Node {
+            inner: Arc::new(Inner {
+                core,
+                dial_timeout: self.dial_timeout,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    core: NodeCore,
+    dial_timeout: Duration,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.core.shutdown();
+    }
+}
+
+/// A node: a cheap handle (`Clone + Send + Sync`). The node runs until
+/// [`Node::shutdown`] or until its last handle drops.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id()).finish()
+    }
+}
+
+impl Node {
+    /// A builder with defaults.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder {
+            cfg: NodeConfig::default(),
+            dial_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.core.id()
+    }
+
+    /// Accepts links from other nodes on a TCP address; returns the address bound.
+    pub fn listen(&self, addr: &str) -> io::Result<SocketAddr> {
+        self.inner.core.listen(addr)
+    }
+
+    /// Links to the node listening at `addr` (retrying refused connections up to the
+    /// join timeout); returns once the link is up. A link that dies later is
+    /// re-established with backoff.
+    pub fn join(&self, addr: &str) -> io::Result<()> {
+        self.inner.core.join(addr).map(|_| ())
+    }
+
+    /// Runs a link over an existing byte stream. `TcpStream`, `UnixStream` and
+    /// [`PipeEnd`] are used full-duplex; for any other type, pass its two halves to
+    /// [`Node::attach_split`] (a single blocking object cannot be read and written at
+    /// once, and a half-duplex link could deadlock), else this returns `Unsupported`.
+    pub fn attach<S: Read + Write + Send + 'static>(&self, stream: S) -> io::Result<()> {
+        let any: Box<dyn Any + Send> = Box::new(stream);
+        let any = match any.downcast::<std::net::TcpStream>() {
+            Ok(s) => {
+                let r = s.try_clone()?;
+                let c = s.try_clone()?;
+                return self.attach_with_closer(
+                    Box::new(r),
+                    Box::new(*s),
+                    Some(Box::new(move || {
+                        let _ = c.shutdown(std::net::Shutdown::Both);
+                    })),
+                );
+            }
+            Err(a) => a,
+        };
+        let any = match any.downcast::<std::os::unix::net::UnixStream>() {
+            Ok(s) => {
+                let r = s.try_clone()?;
+                let c = s.try_clone()?;
+                return self.attach_with_closer(
+                    Box::new(r),
+                    Box::new(*s),
+                    Some(Box::new(move || {
+                        let _ = c.shutdown(std::net::Shutdown::Both);
+                    })),
+                );
+            }
+            Err(a) => a,
+        };
+        match any.downcast::<PipeEnd>() {
+            Ok(p) => {
+                let (r, w) = p.split();
+                self.attach_split(r, w)
+            }
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "attach needs a full-duplex byte stream (TcpStream, UnixStream, \
+                 astranet::PipeEnd); pass the two halves of other streams to attach_split",
+            )),
+        }
+    }
+
+    /// Runs a link over the two halves of a byte stream, each driven by its own thread.
+    pub fn attach_split<R, W>(&self, reader: R, writer: W) -> io::Result<()>
+    where
+        R: Read + Send + 'static,
+        W: Write + Send + 'static,
+    {
+        self.attach_with_closer(Box::new(reader), Box::new(writer), None)
+    }
+
+    fn attach_with_closer(
+        &self,
+        r: Box<dyn Read + Send>,
+        w: Box<dyn Write + Send>,
+        closer: Option<Box<dyn FnOnce() + Send>>,
+    ) -> io::Result<()> {
+        self.inner.core.attach_split(r, w, closer).map(|_| ())
+    }
+
+    /// Binds `":port"`, `"name"` or `"name:port"`; a name is announced to the mesh.
+    /// Binding a port or name already bound on this node fails with `AddrInUse`.
+    pub fn bind(&self, addr: &str) -> io::Result<Listener> {
+        Ok(Listener {
+            l: self.inner.core.bind(addr)?,
+        })
+    }
+
+    /// Like [`Node::bind`], for async code.
+    pub fn bind_async(&self, addr: &str) -> io::Result<AsyncListener> {
+        Ok(AsyncListener {
+            l: self.inner.core.bind(addr)?,
+        })
+    }
+
+    /// Dials `"name"`, `"name:port"`, `"<node id>:port"` or `":port"`, waiting up to the
+    /// node's dial timeout. An unbound port fails with `ConnectionRefused` as soon as
+    /// the target answers; an unknown service with `NotFound` after the timeout.
+    pub fn dial(&self, addr: &str) -> io::Result<Stream> {
+        self.dial_timeout(addr, self.inner.dial_timeout)
+    }
+
+    /// [`Node::dial`] with its own timeout.
+    pub fn dial_timeout(&self, addr: &str, timeout: Duration) -> io::Result<Stream> {
+        let deadline = Instant::now() + timeout;
+        let rx = self.inner.core.dial(addr, deadline)?;
+        match wait_timeout(rx, Some(deadline)) {
+            Wait::Done(r) => r.map(Stream::new),
+            // Dropping the receiver makes the shard close the stream if it completes.
+            Wait::TimedOut(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("dial {addr:?} timed out"),
+            )),
+        }
+    }
+
+    /// Dials for async code. The future is `Send`.
+    pub fn dial_async(
+        &self,
+        addr: &str,
+    ) -> impl Future<Output = io::Result<AsyncStream>> + Send + 'static {
+        let node = self.clone();
+        let addr = addr.to_string();
+        async move {
+            let deadline = Instant::now() + node.inner.dial_timeout;
+            // Resolving may wait for a service announcement: do that off the caller's
+            // executor only when the service is not known yet.
+            let rx = match node.inner.core.dial(&addr, Instant::now()) {
+                Ok(rx) => rx,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let (tx, rx) = futures_channel::oneshot::channel();
+                    let n = node.clone();
+                    let a = addr.clone();
+                    std::thread::spawn(move || {
+                        let _ = tx.send(n.inner.core.dial(&a, deadline));
+                    });
+                    rx.await.map_err(|_| {
+                        io::Error::new(io::ErrorKind::ConnectionAborted, "node is shut down")
+                    })??
+                }
+                Err(e) => return Err(e),
+            };
+            match rx.await {
+                Ok(r) => r.map(AsyncStream::new),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "node is shut down",
+                )),
+            }
+        }
+    }
+
+    /// A snapshot of the services this node can dial (its own env only).
+    pub fn services(&self) -> Vec<ServiceInfo> {
+        self.inner.core.services()
+    }
+
+    /// A snapshot of the nodes this node can reach.
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        self.inner.core.routes()
+    }
+
+    /// Links (counting the node's own loopback pair) and streams holding state.
+    pub fn stats(&self) -> io::Result<(usize, usize)> {
+        self.inner.core.stats()
+    }
+
+    /// Graceful shutdown: GOAWAY on every link, a short drain, then the links close and
+    /// the shards stop. Streams still open fail. Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.core.shutdown();
+    }
+}
+
+/// A bound port or service, for threaded code. Dropping it unbinds (and withdraws the
+/// service name).
+pub struct Listener {
+    l: ListenerRef,
+}
+
+impl Listener {
+    /// Waits for the next stream.
+    pub fn accept(&self) -> io::Result<Stream> {
+        match self.l.queue().recv_blocking() {
+            Ok(i) => Ok(Stream::new(i.stream)),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "node is shut down",
+            )),
+        }
+    }
+
+    /// Waits up to `timeout` for the next stream.
+    pub fn accept_timeout(&self, timeout: Duration) -> io::Result<Stream> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.l.queue().try_recv() {
+                Ok(i) => return Ok(Stream::new(i.stream)),
+                Err(async_channel::TryRecvError::Closed) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "node is shut down",
+                    ))
+                }
+                Err(async_channel::TryRecvError::Empty) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "accept timed out"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Addr {
+        self.l.local_addr()
+    }
+
+    /// The bound service name, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.l.name()
+    }
+
+    /// Accepted streams, forever (each item an `io::Result`).
+    pub fn incoming(&self) -> impl Iterator<Item = io::Result<Stream>> + '_ {
+        std::iter::from_fn(move || Some(self.accept()))
+    }
+}
+
+/// A bound port or service, for async code.
+pub struct AsyncListener {
+    l: ListenerRef,
+}
+
+impl AsyncListener {
+    /// Waits for the next stream. The future is `Send`.
+    pub fn accept(&self) -> impl Future<Output = io::Result<AsyncStream>> + Send + '_ {
+        async move {
+            match self.l.queue().recv().await {
+                Ok(i) => Ok(AsyncStream::new(i.stream)),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "node is shut down",
+                )),
+            }
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Addr {
+        self.l.local_addr()
+    }
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Node>();
+    assert_send_sync::<Listener>();
+    assert_send_sync::<AsyncListener>();
+};

@@ -1,0 +1,170 @@
+//! Transports a link runs over: glommio TCP sockets on the shard itself, or, for
+//! `attach`, any blocking byte stream driven by a reader and a writer thread.
+
+use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
+use futures_lite::{AsyncRead, AsyncWrite};
+use futures_util::task::AtomicWaker;
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// A byte stream under a link.
+pub(crate) enum Transport {
+    Tcp(glommio::net::TcpStream),
+    Threads(ThreadIo),
+}
+
+impl Transport {
+    /// Converts a connected std socket into a glommio one. Must run on the shard.
+    pub(crate) fn tcp(s: std::net::TcpStream) -> io::Result<Transport> {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        let fd = s.into_raw_fd();
+        // SAFETY: `into_raw_fd` gave up ownership of a valid, open socket descriptor;
+        // `from_raw_fd` takes that ownership exactly once, so the descriptor is closed
+        // exactly once, by the glommio stream.
+        let g = unsafe { glommio::net::TcpStream::from_raw_fd(fd) };
+        Ok(Transport::Tcp(g))
+    }
+
+    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Threads(t) => t.poll_read(cx, buf),
+        }
+    }
+
+    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Threads(t) => t.poll_write(cx, buf),
+        }
+    }
+
+    pub(crate) async fn close(self) {
+        match self {
+            Transport::Tcp(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Both).await;
+            }
+            Transport::Threads(t) => t.close(),
+        }
+    }
+}
+
+/// Chunks in flight between a link and its IO threads, each way.
+const THREAD_QUEUE: usize = 16;
+const CHUNK: usize = 64 * 1024;
+
+/// The link side of a reader thread and a writer thread.
+pub(crate) struct ThreadIo {
+    input: Receiver<io::Result<Vec<u8>>>,
+    pending_in: Option<(Vec<u8>, usize)>,
+    output: Option<Sender<Vec<u8>>>,
+    in_waker: Arc<AtomicWaker>,
+    out_waker: Arc<AtomicWaker>,
+    closer: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl ThreadIo {
+    /// Starts the two threads. `closer` unblocks the reader at close (e.g. a socket
+    /// shutdown); without it the reader ends when the peer closes.
+    pub(crate) fn spawn(
+        mut reader: Box<dyn Read + Send>,
+        mut writer: Box<dyn Write + Send>,
+        closer: Option<Box<dyn FnOnce() + Send>>,
+    ) -> io::Result<ThreadIo> {
+        let (in_tx, in_rx) = channel::bounded::<io::Result<Vec<u8>>>(THREAD_QUEUE);
+        let (out_tx, out_rx) = channel::bounded::<Vec<u8>>(THREAD_QUEUE);
+        let in_waker = Arc::new(AtomicWaker::new());
+        let out_waker = Arc::new(AtomicWaker::new());
+        let iw = in_waker.clone();
+        std::thread::Builder::new()
+            .name("astranet-attach-rd".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let r = match reader.read(&mut buf) {
+                        Ok(n) => Ok(buf[..n].to_vec()),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => Err(e),
+                    };
+                    let end = !matches!(&r, Ok(v) if !v.is_empty());
+                    let sent = in_tx.send(r).is_ok();
+                    iw.wake();
+                    if end || !sent {
+                        return;
+                    }
+                }
+            })?;
+        let ow = out_waker.clone();
+        std::thread::Builder::new()
+            .name("astranet-attach-wr".into())
+            .spawn(move || {
+                while let Ok(chunk) = out_rx.recv() {
+                    ow.wake();
+                    if writer.write_all(&chunk).and_then(|_| writer.flush()).is_err() {
+                        break;
+                    }
+                }
+                // Dropping `out_rx` makes the link's next write fail.
+                drop(out_rx);
+                ow.wake();
+            })?;
+        Ok(ThreadIo {
+            input: in_rx,
+            pending_in: None,
+            output: Some(out_tx),
+            in_waker,
+            out_waker,
+            closer,
+        })
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if self.pending_in.is_none() {
+            self.in_waker.register(cx.waker());
+            match self.input.try_recv() {
+                Ok(Ok(v)) => self.pending_in = Some((v, 0)),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(TryRecvError::Empty) => return Poll::Pending,
+                Err(TryRecvError::Disconnected) => return Poll::Ready(Ok(0)),
+            }
+        }
+        let Some((v, off)) = self.pending_in.as_mut() else {
+            return Poll::Pending;
+        };
+        let n = (v.len() - *off).min(buf.len());
+        buf[..n].copy_from_slice(&v[*off..*off + n]);
+        *off += n;
+        if *off == v.len() {
+            self.pending_in = None;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let Some(out) = &self.output else {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        };
+        self.out_waker.register(cx.waker());
+        let n = buf.len().min(CHUNK);
+        match out.try_send(buf[..n].to_vec()) {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(TrySendError::Full(_)) => Poll::Pending,
+            Err(TrySendError::Disconnected(_)) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "writer thread ended")))
+            }
+        }
+    }
+
+    fn close(mut self) {
+        // The writer drains what is queued, then ends and drops the byte stream's
+        // write half.
+        self.output = None;
+        if let Some(c) = self.closer.take() {
+            c();
+        }
+    }
+}

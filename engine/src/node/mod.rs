@@ -1,0 +1,1228 @@
+//! The thread-per-core runtime: a node's shards, its links, and the handles user code
+//! holds. The public crate `astranet` wraps [`NodeCore`] and [`StreamRef`].
+//!
+//! Ownership: each link belongs to one shard (a glommio executor on its own thread),
+//! and so does every stream on it; all stream state is the sans-IO core's, inside that
+//! shard. User handles are thin (a shard number, a link id, a stream id) and act by
+//! sending commands into the shard's inbox; replies come back through oneshot
+//! channels. Node-wide tables (listeners, services, routes) are read on open/bind and
+//! on link changes, never per frame.
+
+mod inbox;
+pub(crate) mod io;
+mod shard;
+mod wait;
+
+use crate::proto::frame::{Frame, OpenHeader, ServiceOp, ServicesUpdate};
+use crate::proto::{ErrorCode, LinkConfig, LinkError, StreamId};
+use crate::types::{Addr, BindSpec, NodeId, Target};
+use bytes::Bytes;
+use futures_channel::oneshot;
+use inbox::Inbox;
+use io::ThreadIo;
+use shard::Shard;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+pub use wait_api::*;
+
+/// A link's node-wide id (never reused).
+pub(crate) type LinkId = u64;
+
+/// Identifies a stream inside its shard.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct StreamKey {
+    pub(crate) link: LinkId,
+    pub(crate) id: StreamId,
+}
+
+/// Settings of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node id (random by default).
+    pub id: NodeId,
+    /// Number of shards (executor threads).
+    pub shards: usize,
+    /// Pin shard i to core i (mod the number of cores).
+    pub pin_cores: bool,
+    /// Env namespace ("" = none).
+    pub env: String,
+    /// Limits advertised on every link (node id and keep-alive are filled in).
+    pub link: LinkConfig,
+    /// Most accepted streams waiting in one listener's queue; beyond, opens are refused.
+    pub backlog: usize,
+    /// How long `join` keeps trying to connect before it gives up.
+    pub join_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: NodeId::random(),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_cores: false,
+            env: String::new(),
+            link: LinkConfig::default(),
+            backlog: 1 << 20,
+            join_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub(crate) enum Cmd {
+    AddLink {
+        id: LinkId,
+        transport: Transport0,
+        join: Option<String>,
+        reply: Option<oneshot::Sender<std::io::Result<NodeId>>>,
+    },
+    AddLoopback {
+        a: LinkId,
+        b: LinkId,
+    },
+    Dial {
+        req: DialReq,
+        reply: oneshot::Sender<std::io::Result<StreamRef>>,
+    },
+    Read {
+        key: StreamKey,
+        max: usize,
+        reply: oneshot::Sender<std::io::Result<Bytes>>,
+    },
+    Write {
+        key: StreamKey,
+        data: Bytes,
+        reply: oneshot::Sender<std::io::Result<usize>>,
+    },
+    ShutdownWrite {
+        key: StreamKey,
+        reply: oneshot::Sender<std::io::Result<()>>,
+    },
+    AddRef(StreamKey),
+    Release(StreamKey),
+    Broadcast {
+        frame: Frame,
+        except: Option<LinkId>,
+    },
+    Stop {
+        code: ErrorCode,
+        reply: oneshot::Sender<std::io::Result<()>>,
+    },
+    Wake(LinkId),
+    Stats {
+        reply: oneshot::Sender<std::io::Result<(usize, usize)>>,
+    },
+}
+
+/// A transport as it crosses to the shard: glommio sockets must be made on the shard.
+pub(crate) enum Transport0 {
+    Std(std::net::TcpStream),
+    Threads(ThreadIo),
+}
+
+pub(crate) struct DialReq {
+    pub(crate) link: LinkId,
+    pub(crate) header: OpenHeader,
+    pub(crate) local: Addr,
+    pub(crate) peer: Addr,
+}
+
+/// A stream accepted by a listener.
+pub struct Incoming {
+    /// The stream.
+    pub stream: StreamRef,
+}
+
+struct ListenerEntry {
+    name: Option<String>,
+    tx: async_channel::Sender<Incoming>,
+}
+
+#[derive(Default)]
+struct Listeners {
+    by_port: HashMap<u32, ListenerEntry>,
+    by_name: HashMap<String, u32>,
+}
+
+/// What we know of one origin's services.
+struct Origin {
+    version: u64,
+    hops: u8,
+    /// (env, name, port)
+    entries: Vec<(String, String, u32)>,
+    /// Links this origin's announcements arrived over (PROTOCOL.md §11.3 ownership).
+    sources: Vec<LinkId>,
+}
+
+#[derive(Default)]
+struct Services {
+    version: u64,
+    origins: HashMap<NodeId, Origin>,
+}
+
+/// A service instance, as listed by `services()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Service name (without env).
+    pub name: String,
+    /// Where it is bound.
+    pub addr: Addr,
+    /// Links between us and it (0 = this node).
+    pub hops: u32,
+}
+
+/// A reachable node, as listed by `routes()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// The node.
+    pub node: NodeId,
+    /// The neighbour traffic to it goes through.
+    pub next_hop: NodeId,
+    /// Links to cross.
+    pub hops: u32,
+}
+
+pub(crate) struct NodeShared {
+    id: NodeId,
+    cfg: NodeConfig,
+    inboxes: Vec<Arc<Inbox<Cmd>>>,
+    listeners: Mutex<Listeners>,
+    routes: RwLock<HashMap<NodeId, (u32, LinkId)>>,
+    services: Mutex<Services>,
+    services_changed: Condvar,
+    next_link: AtomicU64,
+    next_port: AtomicU32,
+    next_shard: AtomicUsize,
+    loopback: (u32, LinkId),
+    stopped: AtomicBool,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    listen_sockets: Mutex<Vec<socket2::Socket>>,
+}
+
+/// Ephemeral ports start here; explicit binds should use smaller numbers.
+const EPHEMERAL_BASE: u32 = 1 << 31;
+
+impl NodeShared {
+    fn link_config(&self, self_link_parity: Option<u64>) -> LinkConfig {
+        LinkConfig {
+            node_id: self.id.0,
+            self_link_parity,
+            ..self.cfg.link.clone()
+        }
+    }
+
+    fn push(&self, shard: u32, cmd: Cmd) {
+        self.inboxes[shard as usize].push(cmd);
+    }
+
+    fn new_link_id(&self) -> LinkId {
+        self.next_link.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn pick_shard(&self) -> u32 {
+        (self.next_shard.fetch_add(1, Ordering::Relaxed) % self.inboxes.len()) as u32
+    }
+
+    fn ephemeral_port(&self) -> u32 {
+        let p = self.next_port.fetch_add(1, Ordering::Relaxed);
+        EPHEMERAL_BASE | (p & (EPHEMERAL_BASE - 1))
+    }
+
+    fn link_up(&self, peer: NodeId, shard: u32, link: LinkId) {
+        self.routes.write().unwrap_or_else(|e| e.into_inner()).insert(peer, (shard, link));
+        self.services_changed.notify_all();
+    }
+
+    fn link_down(&self, peer: NodeId, link: LinkId) {
+        {
+            let mut r = self.routes.write().unwrap_or_else(|e| e.into_inner());
+            if r.get(&peer).is_some_and(|&(_, l)| l == link) {
+                r.remove(&peer);
+            }
+        }
+        let mut s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        s.origins.retain(|_, o| {
+            o.sources.retain(|&l| l != link);
+            !o.sources.is_empty()
+        });
+        drop(s);
+        self.services_changed.notify_all();
+    }
+
+    /// Where an incoming OPEN goes: the listener's queue and our local address.
+    fn route_incoming(
+        &self,
+        h: &OpenHeader,
+    ) -> Result<(async_channel::Sender<Incoming>, Addr), ErrorCode> {
+        if h.dst_node != 0 && h.dst_node != self.id.0 {
+            // Relaying (PROTOCOL.md §10) is not built yet.
+            return Err(ErrorCode::NO_ROUTE);
+        }
+        let l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let by_name = !h.service.is_empty();
+        if by_name && h.env != self.cfg.env.as_bytes() {
+            return Err(ErrorCode::NOT_FOUND);
+        }
+        let name = std::str::from_utf8(&h.service).unwrap_or("");
+        let port = if h.dst_port != 0 {
+            h.dst_port
+        } else {
+            *l.by_name.get(name).ok_or(ErrorCode::NOT_FOUND)?
+        };
+        let Some(e) = l.by_port.get(&port) else {
+            return Err(if by_name {
+                ErrorCode::NOT_FOUND
+            } else {
+                ErrorCode::REFUSED
+            });
+        };
+        if by_name && e.name.as_deref() != Some(name) {
+            return Err(ErrorCode::NOT_FOUND);
+        }
+        if e.tx.len() >= self.cfg.backlog {
+            return Err(ErrorCode::REFUSED);
+        }
+        Ok((
+            e.tx.clone(),
+            Addr {
+                node: self.id,
+                port,
+            },
+        ))
+    }
+
+    fn local_ops(&self) -> Vec<ServiceOp> {
+        let l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        l.by_port
+            .iter()
+            .filter_map(|(port, e)| {
+                e.name.as_ref().map(|n| ServiceOp {
+                    announce: true,
+                    port: *port,
+                    env: Bytes::copy_from_slice(self.cfg.env.as_bytes()),
+                    name: Bytes::copy_from_slice(n.as_bytes()),
+                })
+            })
+            .collect()
+    }
+
+    /// Full updates for ourselves and every origin we know (sent on link up).
+    fn full_service_updates(&self) -> Vec<Frame> {
+        let version = self.services.lock().unwrap_or_else(|e| e.into_inner()).version;
+        let mut out = vec![Frame::Services(ServicesUpdate {
+            origin: self.id.0,
+            base_version: 0,
+            version,
+            full: true,
+            hops: 0,
+            ops: self.local_ops(),
+            request: false,
+        })];
+        let s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        for (origin, o) in &s.origins {
+            out.push(origin_full(*origin, o));
+        }
+        out
+    }
+
+    fn full_update_for(&self, origin: NodeId) -> Option<Frame> {
+        if origin == self.id {
+            return self.full_service_updates().into_iter().next();
+        }
+        let s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        s.origins.get(&origin).map(|o| origin_full(origin, o))
+    }
+
+    /// Applies a SERVICES update that arrived over `link` (PROTOCOL.md §11.3) and
+    /// forwards it. Returns a REQUEST to send back when a diff arrived out of order.
+    fn apply_services(&self, link: LinkId, u: &ServicesUpdate) -> Option<Frame> {
+        let origin = NodeId(u.origin);
+        if origin == self.id {
+            return None;
+        }
+        let mut s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let known = s.origins.get(&origin).map(|o| o.version);
+        let apply = match known {
+            Some(v) if u.version <= v => {
+                if let Some(o) = s.origins.get_mut(&origin) {
+                    if !o.sources.contains(&link) {
+                        o.sources.push(link);
+                    }
+                }
+                return None;
+            }
+            _ if u.full => true,
+            Some(v) => u.base_version == v,
+            None => false,
+        };
+        if !apply {
+            return Some(Frame::Services(ServicesUpdate {
+                origin: u.origin,
+                base_version: 0,
+                version: 0,
+                full: false,
+                hops: 0,
+                ops: vec![],
+                request: true,
+            }));
+        }
+        let o = s.origins.entry(origin).or_insert(Origin {
+            version: 0,
+            hops: u.hops.saturating_add(1),
+            entries: vec![],
+            sources: vec![],
+        });
+        if u.full {
+            o.entries.clear();
+        }
+        for op in &u.ops {
+            let env = String::from_utf8_lossy(&op.env).into_owned();
+            let name = String::from_utf8_lossy(&op.name).into_owned();
+            o.entries
+                .retain(|(e, n, p)| !(e == &env && n == &name && *p == op.port));
+            if op.announce {
+                o.entries.push((env, name, op.port));
+            }
+        }
+        o.version = u.version;
+        o.hops = u.hops.saturating_add(1);
+        if !o.sources.contains(&link) {
+            o.sources.push(link);
+        }
+        drop(s);
+        self.services_changed.notify_all();
+        // Flood onwards; nodes that already hold this version stop it.
+        let fwd = Frame::Services(ServicesUpdate {
+            hops: u.hops.saturating_add(1),
+            ..u.clone()
+        });
+        for shard in 0..self.inboxes.len() as u32 {
+            self.push(
+                shard,
+                Cmd::Broadcast {
+                    frame: fwd.clone(),
+                    except: Some(link),
+                },
+            );
+        }
+        None
+    }
+
+    /// Bumps our service version and announces one change everywhere.
+    fn announce(&self, op: ServiceOp) {
+        let (base, version) = {
+            let mut s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+            s.version += 1;
+            (s.version - 1, s.version)
+        };
+        let f = Frame::Services(ServicesUpdate {
+            origin: self.id.0,
+            base_version: base,
+            version,
+            full: false,
+            hops: 0,
+            ops: vec![op],
+            request: false,
+        });
+        for shard in 0..self.inboxes.len() as u32 {
+            self.push(
+                shard,
+                Cmd::Broadcast {
+                    frame: f.clone(),
+                    except: None,
+                },
+            );
+        }
+    }
+
+    fn unbind(&self, port: u32) {
+        let removed = {
+            let mut l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            let e = l.by_port.remove(&port);
+            if let Some(n) = e.as_ref().and_then(|e| e.name.as_ref()) {
+                l.by_name.remove(n);
+            }
+            e
+        };
+        if let Some(ListenerEntry { name: Some(n), .. }) = removed {
+            if !self.stopped.load(Ordering::SeqCst) {
+                self.announce(ServiceOp {
+                    announce: false,
+                    port,
+                    env: Bytes::copy_from_slice(self.cfg.env.as_bytes()),
+                    name: Bytes::copy_from_slice(n.as_bytes()),
+                });
+            }
+        }
+    }
+
+    /// Resolves a dial target to a link, a header and the peer address. `Ok(None)`: a
+    /// service that is not known (yet).
+    fn resolve(&self, t: &Target, src_port: u32) -> std::io::Result<Option<DialReq>> {
+        let local = Addr {
+            node: self.id,
+            port: src_port,
+        };
+        let mk = |shard_link: (u32, LinkId), dst: Addr, service: Option<&str>| {
+            let _ = shard_link.0;
+            DialReq {
+                link: shard_link.1,
+                header: OpenHeader {
+                    dst_node: dst.node.0,
+                    dst_port: dst.port,
+                    src_node: self.id.0,
+                    src_port,
+                    hop_limit: 16,
+                    env: if service.is_some() {
+                        Bytes::copy_from_slice(self.cfg.env.as_bytes())
+                    } else {
+                        Bytes::new()
+                    },
+                    service: service.map_or(Bytes::new(), |s| Bytes::copy_from_slice(s.as_bytes())),
+                },
+                local,
+                peer: dst,
+            }
+        };
+        match t {
+            Target::LocalPort(p) => Ok(Some(mk(
+                self.loopback,
+                Addr {
+                    node: self.id,
+                    port: *p,
+                },
+                None,
+            ))),
+            Target::Node(a) if a.node == self.id => Ok(Some(mk(self.loopback, *a, None))),
+            Target::Node(a) => {
+                let r = self.routes.read().unwrap_or_else(|e| e.into_inner());
+                match r.get(&a.node) {
+                    Some(&sl) => Ok(Some(mk(sl, *a, None))),
+                    None => Err(std::io::Error::new(
+                        std::io::ErrorKind::HostUnreachable,
+                        format!("no route to node {}", a.node),
+                    )),
+                }
+            }
+            Target::Service { name, port } => {
+                // This node first, then directly linked nodes, at random among equals.
+                {
+                    let l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(&p) = l.by_name.get(name) {
+                        if port.is_none_or(|want| want == p) {
+                            return Ok(Some(mk(
+                                self.loopback,
+                                Addr {
+                                    node: self.id,
+                                    port: p,
+                                },
+                                Some(name),
+                            )));
+                        }
+                    }
+                }
+                let s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+                let r = self.routes.read().unwrap_or_else(|e| e.into_inner());
+                let mut best: Vec<(u8, Addr, (u32, LinkId))> = Vec::new();
+                for (origin, o) in &s.origins {
+                    let Some(&sl) = r.get(origin) else { continue };
+                    for (env, n, p) in &o.entries {
+                        if n == name && env == &self.cfg.env && port.is_none_or(|w| w == *p) {
+                            best.push((
+                                o.hops,
+                                Addr {
+                                    node: *origin,
+                                    port: *p,
+                                },
+                                sl,
+                            ));
+                        }
+                    }
+                }
+                let Some(min) = best.iter().map(|b| b.0).min() else {
+                    return Ok(None);
+                };
+                best.retain(|b| b.0 == min);
+                let (_, addr, sl) = best[rand::random_range(0..best.len())];
+                Ok(Some(mk(sl, addr, Some(name))))
+            }
+        }
+    }
+
+    fn rejoin(self: &Arc<Self>, addr: String, why: LinkError) {
+        let node = self.clone();
+        tracing::warn!(%addr, error = %why, "link lost; reconnecting");
+        let _ = std::thread::Builder::new()
+            .name("astranet-rejoin".into())
+            .spawn(move || {
+                let mut delay = Duration::from_millis(50);
+                while !node.stopped.load(Ordering::SeqCst) {
+                    std::thread::sleep(delay);
+                    match node.connect_link(&addr) {
+                        Ok(peer) => {
+                            tracing::info!(%addr, %peer, "rejoined");
+                            return;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            tracing::error!(%addr, error = %e, "join can no longer succeed; giving up");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%addr, error = %e, retry_in = ?delay, "rejoin failed");
+                            delay = (delay * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                }
+            });
+    }
+
+    /// Connects once and waits for the handshake.
+    fn connect_link(self: &Arc<Self>, addr: &str) -> std::io::Result<NodeId> {
+        let s = std::net::TcpStream::connect(addr)?;
+        let rx = self.add_link(Transport0::Std(s), Some(addr.to_string()));
+        wait_reply(rx, Some(Instant::now() + self.cfg.join_timeout))
+    }
+
+    fn add_link(
+        &self,
+        t: Transport0,
+        join: Option<String>,
+    ) -> oneshot::Receiver<std::io::Result<NodeId>> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.new_link_id();
+        self.push(
+            self.pick_shard(),
+            Cmd::AddLink {
+                id,
+                transport: t,
+                join,
+                reply: Some(tx),
+            },
+        );
+        rx
+    }
+}
+
+fn origin_full(origin: NodeId, o: &Origin) -> Frame {
+    Frame::Services(ServicesUpdate {
+        origin: origin.0,
+        base_version: 0,
+        version: o.version,
+        full: true,
+        hops: o.hops,
+        ops: o
+            .entries
+            .iter()
+            .map(|(env, name, port)| ServiceOp {
+                announce: true,
+                port: *port,
+                env: Bytes::copy_from_slice(env.as_bytes()),
+                name: Bytes::copy_from_slice(name.as_bytes()),
+            })
+            .collect(),
+        request: false,
+    })
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "node is shut down")
+}
+
+/// Blocking wait for a reply that carries an `io::Result`.
+fn wait_reply<T>(
+    mut rx: oneshot::Receiver<std::io::Result<T>>,
+    deadline: Option<Instant>,
+) -> std::io::Result<T> {
+    match wait::wait(&mut rx, deadline) {
+        wait::Waited::Done(r) => r,
+        wait::Waited::Gone => Err(gone()),
+        wait::Waited::TimedOut => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out",
+        )),
+    }
+}
+
+/// Blocking helpers for the API crate.
+mod wait_api {
+    use super::*;
+
+    /// Outcome of [`wait_timeout`].
+    pub enum Wait<T> {
+        /// The reply.
+        Done(T),
+        /// The deadline passed; poll the receiver again later.
+        TimedOut(oneshot::Receiver<T>),
+    }
+
+    /// Blocks until a reply arrives or `deadline` passes.
+    pub fn wait_timeout<T>(
+        mut rx: oneshot::Receiver<std::io::Result<T>>,
+        deadline: Option<Instant>,
+    ) -> Wait<std::io::Result<T>> {
+        match wait::wait(&mut rx, deadline) {
+            wait::Waited::Done(r) => Wait::Done(r),
+            wait::Waited::Gone => Wait::Done(Err(gone())),
+            wait::Waited::TimedOut => Wait::TimedOut(rx),
+        }
+    }
+}
+
+/// A handle on one stream, held by user code. Dropping the last handle closes the
+/// stream (FIN after queued data; see PROTOCOL.md §5.3).
+pub struct StreamRef {
+    node: Arc<NodeShared>,
+    shard: u32,
+    key: StreamKey,
+    local: Addr,
+    peer: Addr,
+    armed: bool,
+}
+
+impl std::fmt::Debug for StreamRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamRef")
+            .field("local", &self.local)
+            .field("peer", &self.peer)
+            .field("id", &self.key.id)
+            .finish()
+    }
+}
+
+type Rx<T> = oneshot::Receiver<std::io::Result<T>>;
+
+impl StreamRef {
+    fn new(node: Arc<NodeShared>, shard: u32, key: StreamKey, local: Addr, peer: Addr) -> Self {
+        Self {
+            node,
+            shard,
+            key,
+            local,
+            peer,
+            armed: true,
+        }
+    }
+
+    /// Forget the stream without closing it (the shard refuses it itself).
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+
+    /// Our address.
+    pub fn local_addr(&self) -> Addr {
+        self.local
+    }
+
+    /// The other end's address.
+    pub fn peer_addr(&self) -> Addr {
+        self.peer
+    }
+
+    /// Asks for up to `max` bytes; an empty reply means end of stream.
+    pub fn read(&self, max: usize) -> Rx<Bytes> {
+        let (tx, rx) = oneshot::channel();
+        self.node.push(
+            self.shard,
+            Cmd::Read {
+                key: self.key,
+                max,
+                reply: tx,
+            },
+        );
+        rx
+    }
+
+    /// Hands bytes to the stream; the reply says how many were taken (at least one,
+    /// once the stream has credit).
+    pub fn write(&self, data: Bytes) -> Rx<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.node.push(
+            self.shard,
+            Cmd::Write {
+                key: self.key,
+                data,
+                reply: tx,
+            },
+        );
+        rx
+    }
+
+    /// Half-closes our direction once queued data is out.
+    pub fn shutdown_write(&self) -> Rx<()> {
+        let (tx, rx) = oneshot::channel();
+        self.node.push(
+            self.shard,
+            Cmd::ShutdownWrite {
+                key: self.key,
+                reply: tx,
+            },
+        );
+        rx
+    }
+
+    /// Another handle on the same stream.
+    pub fn try_clone(&self) -> StreamRef {
+        self.node.push(self.shard, Cmd::AddRef(self.key));
+        StreamRef::new(self.node.clone(), self.shard, self.key, self.local, self.peer)
+    }
+}
+
+impl Drop for StreamRef {
+    fn drop(&mut self) {
+        if self.armed {
+            self.node.push(self.shard, Cmd::Release(self.key));
+        }
+    }
+}
+
+/// A bound port or service; dropping it unbinds.
+pub struct ListenerRef {
+    node: Arc<NodeShared>,
+    port: u32,
+    name: Option<String>,
+    rx: async_channel::Receiver<Incoming>,
+}
+
+impl ListenerRef {
+    /// The bound address.
+    pub fn local_addr(&self) -> Addr {
+        Addr {
+            node: self.node.id,
+            port: self.port,
+        }
+    }
+
+    /// The service name, if bound by name.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The queue of accepted streams.
+    pub fn queue(&self) -> &async_channel::Receiver<Incoming> {
+        &self.rx
+    }
+}
+
+impl Drop for ListenerRef {
+    fn drop(&mut self) {
+        self.node.unbind(self.port);
+    }
+}
+
+/// The engine side of a node: start, link, bind, dial, stop.
+#[derive(Clone)]
+pub struct NodeCore {
+    shared: Arc<NodeShared>,
+}
+
+impl NodeCore {
+    /// Starts the shards.
+    pub fn start(cfg: NodeConfig) -> std::io::Result<NodeCore> {
+        if cfg.shards == 0 || cfg.shards > 1024 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "shards must be between 1 and 1024",
+            ));
+        }
+        if !cfg.env.is_empty() && !crate::types::valid_name(&cfg.env) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("invalid env {:?}: 1-255 of [A-Za-z0-9._-] starting with a letter", cfg.env),
+            ));
+        }
+        let inboxes: Vec<_> = (0..cfg.shards).map(|_| Arc::new(Inbox::new())).collect();
+        let shared = Arc::new(NodeShared {
+            id: cfg.id,
+            inboxes,
+            listeners: Mutex::default(),
+            routes: RwLock::default(),
+            services: Mutex::new(Services {
+                version: 1,
+                origins: HashMap::new(),
+            }),
+            services_changed: Condvar::new(),
+            next_link: AtomicU64::new(3),
+            next_port: AtomicU32::new(1),
+            next_shard: AtomicUsize::new(0),
+            loopback: (0, 1),
+            stopped: AtomicBool::new(false),
+            threads: Mutex::default(),
+            listen_sockets: Mutex::default(),
+            cfg,
+        });
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        for i in 0..shared.cfg.shards {
+            let placement = match cores.get(i % cores.len().max(1)) {
+                Some(c) if shared.cfg.pin_cores => glommio::Placement::Fixed(c.id),
+                _ => glommio::Placement::Unbound,
+            };
+            let node = shared.clone();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let h = glommio::LocalExecutorBuilder::new(placement)
+                .name(&format!("astranet-{i}"))
+                .io_memory(256 << 10)
+                .spawn(move || async move {
+                    // The first timer sleep on an executor is slow (membarrier
+                    // registration): take that cost now, not on a user's first call.
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    let _ = ready_tx.send(());
+                    run_shard(i as u32, node).await;
+                })
+                .map_err(|e| std::io::Error::other(format!("starting shard {i}: {e}")))?;
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .map_err(|_| std::io::Error::other(format!("shard {i} did not start")))?;
+            shared
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(std::thread::spawn(move || {
+                    let _ = h.join();
+                }));
+        }
+        // The node's link to itself, so it can dial its own services.
+        shared.push(0, Cmd::AddLoopback { a: 1, b: 2 });
+        Ok(NodeCore { shared })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// This node's env ("" for none).
+    pub fn env(&self) -> &str {
+        &self.shared.cfg.env
+    }
+
+    fn check_running(&self) -> std::io::Result<()> {
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            Err(gone())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Listens for links on a TCP address; returns the address actually bound.
+    pub fn listen(&self, addr: &str) -> std::io::Result<SocketAddr> {
+        self.check_running()?;
+        let l = std::net::TcpListener::bind(addr)?;
+        let bound = l.local_addr()?;
+        let closer = socket2::Socket::from(l.try_clone()?);
+        self.shared
+            .listen_sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(closer);
+        let node = self.shared.clone();
+        std::thread::Builder::new()
+            .name("astranet-accept".into())
+            .spawn(move || {
+                for s in l.incoming() {
+                    if node.stopped.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match s {
+                        Ok(s) => {
+                            // The handshake result is reported by the link itself.
+                            drop(node.add_link(Transport0::Std(s), None));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            })?;
+        Ok(bound)
+    }
+
+    /// Joins a node listening at `addr`, retrying with backoff until the join timeout;
+    /// returns once the link is up. If the link dies later it is re-established.
+    pub fn join(&self, addr: &str) -> std::io::Result<NodeId> {
+        self.check_running()?;
+        let deadline = Instant::now() + self.shared.cfg.join_timeout;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match self.shared.connect_link(addr) {
+                Ok(peer) => return Ok(peer),
+                Err(e)
+                    if Instant::now() + delay < deadline
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionRefused
+                                | std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::ConnectionAborted
+                        ) =>
+                {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("join {addr}: {e}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Runs a link over a reader and a writer (two halves of one byte stream).
+    pub fn attach_split(
+        &self,
+        reader: Box<dyn Read + Send>,
+        writer: Box<dyn Write + Send>,
+        closer: Option<Box<dyn FnOnce() + Send>>,
+    ) -> std::io::Result<NodeId> {
+        self.check_running()?;
+        let t = ThreadIo::spawn(reader, writer, closer)?;
+        let rx = self.shared.add_link(Transport0::Threads(t), None);
+        wait_reply(rx, Some(Instant::now() + self.shared.cfg.join_timeout))
+    }
+
+    /// Binds a port or service name.
+    pub fn bind(&self, spec: &str) -> std::io::Result<ListenerRef> {
+        self.check_running()?;
+        let spec = BindSpec::parse(spec)?;
+        let (tx, rx) = async_channel::unbounded();
+        let port = {
+            let mut l = self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = &spec.name {
+                if l.by_name.contains_key(n) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!("service {n:?} is already bound on this node"),
+                    ));
+                }
+            }
+            let port = match spec.port {
+                Some(p) => {
+                    if l.by_port.contains_key(&p) {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::AddrInUse,
+                            format!("port {p} is already bound on this node"),
+                        ));
+                    }
+                    p
+                }
+                None => loop {
+                    let p = self.shared.ephemeral_port();
+                    if !l.by_port.contains_key(&p) {
+                        break p;
+                    }
+                },
+            };
+            l.by_port.insert(
+                port,
+                ListenerEntry {
+                    name: spec.name.clone(),
+                    tx,
+                },
+            );
+            if let Some(n) = &spec.name {
+                l.by_name.insert(n.clone(), port);
+            }
+            port
+        };
+        if let Some(n) = &spec.name {
+            self.shared.announce(ServiceOp {
+                announce: true,
+                port,
+                env: Bytes::copy_from_slice(self.shared.cfg.env.as_bytes()),
+                name: Bytes::copy_from_slice(n.as_bytes()),
+            });
+        }
+        self.shared.services_changed.notify_all();
+        Ok(ListenerRef {
+            node: self.shared.clone(),
+            port,
+            name: spec.name,
+            rx,
+        })
+    }
+
+    /// Starts a dial. Unknown services are waited for until `deadline` (they may not
+    /// have been announced yet), then fail with `NotFound`.
+    pub fn dial(&self, target: &str, deadline: Instant) -> std::io::Result<Rx<StreamRef>> {
+        self.check_running()?;
+        let t = Target::parse(target)?;
+        let src_port = self.shared.ephemeral_port();
+        loop {
+            if let Some(req) = self.shared.resolve(&t, src_port)? {
+                let (tx, rx) = oneshot::channel();
+                let shard = if req.link <= 2 {
+                    self.shared.loopback.0
+                } else {
+                    self.shared
+                        .routes
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .values()
+                        .find(|(_, l)| *l == req.link)
+                        .map_or(0, |(s, _)| *s)
+                };
+                self.shared.push(shard, Cmd::Dial { req, reply: tx });
+                return Ok(rx);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no service {target:?} is known"),
+                ));
+            }
+            let s = self.shared.services.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = self
+                .shared
+                .services_changed
+                .wait_timeout(s, (deadline - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Services visible to this node (its env only), this node's first.
+    pub fn services(&self) -> Vec<ServiceInfo> {
+        let mut out = Vec::new();
+        {
+            let l = self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            for (port, e) in &l.by_port {
+                if let Some(n) = &e.name {
+                    out.push(ServiceInfo {
+                        name: n.clone(),
+                        addr: Addr {
+                            node: self.shared.id,
+                            port: *port,
+                        },
+                        hops: 0,
+                    });
+                }
+            }
+        }
+        let s = self.shared.services.lock().unwrap_or_else(|e| e.into_inner());
+        for (origin, o) in &s.origins {
+            for (env, name, port) in &o.entries {
+                if env == &self.shared.cfg.env {
+                    out.push(ServiceInfo {
+                        name: name.clone(),
+                        addr: Addr {
+                            node: *origin,
+                            port: *port,
+                        },
+                        hops: u32::from(o.hops),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Nodes this node has a link to.
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        let r = self.shared.routes.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<RouteInfo> = r
+            .keys()
+            .map(|n| RouteInfo {
+                node: *n,
+                next_hop: *n,
+                hops: 1,
+            })
+            .collect();
+        v.sort_by_key(|r| r.node);
+        v
+    }
+
+    /// Whether `shutdown` ran.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.stopped.load(Ordering::SeqCst)
+    }
+
+    /// GOAWAY on every link, a short drain, then the shards stop. Idempotent.
+    pub fn shutdown(&self) {
+        if self.shared.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for s in self
+            .shared
+            .listen_sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        // Withdraw our services, then stop the shards.
+        {
+            let mut l = self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            l.by_port.clear();
+            l.by_name.clear();
+        }
+        let mut waits = Vec::new();
+        for i in 0..self.shared.inboxes.len() as u32 {
+            let (tx, rx) = oneshot::channel();
+            self.shared.push(
+                i,
+                Cmd::Stop {
+                    code: ErrorCode::SHUTDOWN,
+                    reply: tx,
+                },
+            );
+            waits.push(rx);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for rx in waits {
+            let _ = wait_reply(rx, Some(deadline));
+        }
+        let me = std::thread::current().id();
+        let threads: Vec<_> = self
+            .shared
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for t in threads {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+        self.shared.services_changed.notify_all();
+    }
+
+    /// Links (including the node's two loopback ends) and streams with state, summed
+    /// over all shards. Streams are freed once both ends closed them.
+    pub fn stats(&self) -> std::io::Result<(usize, usize)> {
+        self.check_running()?;
+        let mut total = (0, 0);
+        for i in 0..self.shared.inboxes.len() as u32 {
+            let (tx, rx) = oneshot::channel();
+            self.shared.push(i, Cmd::Stats { reply: tx });
+            let (l, s) = wait_reply(rx, Some(Instant::now() + Duration::from_secs(10)))?;
+            total.0 += l;
+            total.1 += s;
+        }
+        Ok(total)
+    }
+}
+
+async fn run_shard(idx: u32, node: Arc<NodeShared>) {
+    let inbox = node.inboxes[idx as usize].clone();
+    let shard = Rc::new(Shard::new(idx, node));
+    glommio::spawn_local(shard.clone().run_timers()).detach();
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        inbox.next_batch(&mut batch, 256).await;
+        for c in batch.drain(..) {
+            shard.handle(c);
+        }
+        shard.flush();
+        if shard.is_stopped() {
+            return;
+        }
+    }
+}
