@@ -140,8 +140,7 @@ impl NodeBuilder {
 
     /// Starts the node.
     pub fn build(self) -> io::Result<Node> {
-        if self.cfg.link.keepalive_timeout.is_zero() || self.cfg.link.keepalive_interval.is_zero()
-        {
+        if self.cfg.link.keepalive_timeout.is_zero() || self.cfg.link.keepalive_interval.is_zero() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "keep-alive interval and timeout must be above zero",
@@ -426,17 +425,32 @@ pub struct AsyncListener {
     l: ListenerRef,
 }
 
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("addr", &self.local_addr())
+            .field("name", &self.name())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AsyncListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncListener")
+            .field("addr", &self.local_addr())
+            .finish()
+    }
+}
+
 impl AsyncListener {
     /// Waits for the next stream. The future is `Send`.
-    pub fn accept(&self) -> impl Future<Output = io::Result<AsyncStream>> + Send + '_ {
-        async move {
-            match self.l.queue().recv().await {
-                Ok(i) => Ok(AsyncStream::new(i.stream)),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "node is shut down",
-                )),
-            }
+    pub async fn accept(&self) -> io::Result<AsyncStream> {
+        match self.l.queue().recv().await {
+            Ok(i) => Ok(AsyncStream::new(i.stream)),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "node is shut down",
+            )),
         }
     }
 
@@ -452,3 +466,11 @@ const _: () = {
     assert_send_sync::<Listener>();
     assert_send_sync::<AsyncListener>();
 };
+
+/// Every future the API returns is `Send`, so it can be spawned on tokio.
+#[allow(dead_code)]
+fn futures_are_send(n: &Node, l: &AsyncListener) {
+    fn is_send<T: Send>(_: &T) {}
+    is_send(&n.dial_async("x"));
+    is_send(&l.accept());
+}

@@ -68,6 +68,11 @@ pub struct Stream {
     pending_write: Option<Rx<usize>>,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    write_shut: bool,
+}
+
+fn write_after_shutdown() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "write after shutdown_write")
 }
 
 impl std::fmt::Debug for Stream {
@@ -88,6 +93,7 @@ impl Stream {
             pending_write: None,
             read_timeout: None,
             write_timeout: None,
+            write_shut: false,
         }
     }
 
@@ -105,6 +111,7 @@ impl Stream {
     /// far, and can still write back.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         self.finish_write(self.write_timeout)?;
+        self.write_shut = true;
         let rx = self.r.shutdown_write();
         match wait_timeout(rx, deadline(self.write_timeout)) {
             Wait::Done(r) => r,
@@ -207,6 +214,9 @@ impl Read for Stream {
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.write_shut {
+            return Err(write_after_shutdown());
+        }
         if buf.is_empty() {
             return Ok(0);
         }
@@ -231,6 +241,7 @@ pub struct AsyncStream {
     pending_read: Option<Rx<Bytes>>,
     pending_write: Option<Rx<usize>>,
     pending_close: Option<Rx<()>>,
+    write_shut: bool,
 }
 
 impl std::fmt::Debug for AsyncStream {
@@ -258,6 +269,7 @@ impl AsyncStream {
             pending_read: None,
             pending_write: None,
             pending_close: None,
+            write_shut: false,
         }
     }
 
@@ -313,6 +325,9 @@ impl futures_io::AsyncWrite for AsyncStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.write_shut {
+            return Poll::Ready(Err(write_after_shutdown()));
+        }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -330,7 +345,10 @@ impl futures_io::AsyncWrite for AsyncStream {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         std::task::ready!(this.poll_pending_write(cx))?;
-        let rx = this.pending_close.get_or_insert_with(|| this.r.shutdown_write());
+        this.write_shut = true;
+        let rx = this
+            .pending_close
+            .get_or_insert_with(|| this.r.shutdown_write());
         let r = std::task::ready!(poll_rx(rx, cx));
         this.pending_close = None;
         Poll::Ready(r)

@@ -178,9 +178,7 @@ impl Target {
             None => (s, None),
         };
         if head.is_empty() {
-            return port
-                .map(Target::LocalPort)
-                .ok_or(err("empty address"));
+            return port.map(Target::LocalPort).ok_or(err("empty address"));
         }
         if is_node_id(head) {
             let node = head.parse().map_err(|_| err("bad node id"))?;

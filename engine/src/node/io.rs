@@ -29,14 +29,22 @@ impl Transport {
         Ok(Transport::Tcp(g))
     }
 
-    pub(crate) fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         match self {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Threads(t) => t.poll_read(cx, buf),
         }
     }
 
-    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Threads(t) => t.poll_write(cx, buf),
@@ -104,7 +112,11 @@ impl ThreadIo {
             .spawn(move || {
                 while let Ok(chunk) = out_rx.recv() {
                     ow.wake();
-                    if writer.write_all(&chunk).and_then(|_| writer.flush()).is_err() {
+                    if writer
+                        .write_all(&chunk)
+                        .and_then(|_| writer.flush())
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -153,9 +165,10 @@ impl ThreadIo {
         match out.try_send(buf[..n].to_vec()) {
             Ok(()) => Poll::Ready(Ok(n)),
             Err(TrySendError::Full(_)) => Poll::Pending,
-            Err(TrySendError::Disconnected(_)) => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "writer thread ended")))
-            }
+            Err(TrySendError::Disconnected(_)) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "writer thread ended",
+            ))),
         }
     }
 

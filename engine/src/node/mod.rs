@@ -234,7 +234,10 @@ impl NodeShared {
     }
 
     fn link_up(&self, peer: NodeId, shard: u32, link: LinkId) {
-        self.routes.write().unwrap_or_else(|e| e.into_inner()).insert(peer, (shard, link));
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, (shard, link));
         self.services_changed.notify_all();
     }
 
@@ -313,7 +316,11 @@ impl NodeShared {
 
     /// Full updates for ourselves and every origin we know (sent on link up).
     fn full_service_updates(&self) -> Vec<Frame> {
-        let version = self.services.lock().unwrap_or_else(|e| e.into_inner()).version;
+        let version = self
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .version;
         let mut out = vec![Frame::Services(ServicesUpdate {
             origin: self.id.0,
             base_version: 0,
@@ -768,7 +775,13 @@ impl StreamRef {
     /// Another handle on the same stream.
     pub fn try_clone(&self) -> StreamRef {
         self.node.push(self.shard, Cmd::AddRef(self.key));
-        StreamRef::new(self.node.clone(), self.shard, self.key, self.local, self.peer)
+        StreamRef::new(
+            self.node.clone(),
+            self.shard,
+            self.key,
+            self.local,
+            self.peer,
+        )
     }
 }
 
@@ -832,7 +845,10 @@ impl NodeCore {
         if !cfg.env.is_empty() && !crate::types::valid_name(&cfg.env) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("invalid env {:?}: 1-255 of [A-Za-z0-9._-] starting with a letter", cfg.env),
+                format!(
+                    "invalid env {:?}: 1-255 of [A-Za-z0-9._-] starting with a letter",
+                    cfg.env
+                ),
             ));
         }
         let inboxes: Vec<_> = (0..cfg.shards).map(|_| Arc::new(Inbox::new())).collect();
@@ -964,12 +980,7 @@ impl NodeCore {
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        e.kind(),
-                        format!("join {addr}: {e}"),
-                    ))
-                }
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("join {addr}: {e}"))),
             }
         }
     }
@@ -993,7 +1004,11 @@ impl NodeCore {
         let spec = BindSpec::parse(spec)?;
         let (tx, rx) = async_channel::unbounded();
         let port = {
-            let mut l = self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            let mut l = self
+                .shared
+                .listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if let Some(n) = &spec.name {
                 if l.by_name.contains_key(n) {
                     return Err(std::io::Error::new(
@@ -1078,7 +1093,11 @@ impl NodeCore {
                     format!("no service {target:?} is known"),
                 ));
             }
-            let s = self.shared.services.lock().unwrap_or_else(|e| e.into_inner());
+            let s = self
+                .shared
+                .services
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let _ = self
                 .shared
                 .services_changed
@@ -1090,7 +1109,11 @@ impl NodeCore {
     pub fn services(&self) -> Vec<ServiceInfo> {
         let mut out = Vec::new();
         {
-            let l = self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            let l = self
+                .shared
+                .listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             for (port, e) in &l.by_port {
                 if let Some(n) = &e.name {
                     out.push(ServiceInfo {
@@ -1104,7 +1127,11 @@ impl NodeCore {
                 }
             }
         }
-        let s = self.shared.services.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self
+            .shared
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for (origin, o) in &s.origins {
             for (env, name, port) in &o.entries {
                 if env == &self.shared.cfg.env {
@@ -1158,7 +1185,11 @@ impl NodeCore {
         }
         // Withdraw our services, then stop the shards.
         {
-            let mut l = self.shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            let mut l = self
+                .shared
+                .listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             l.by_port.clear();
             l.by_name.clear();
         }

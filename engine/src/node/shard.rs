@@ -83,6 +83,22 @@ struct State {
     closing: hashbrown::HashSet<StreamKey>,
     dirty: Vec<LinkId>,
     stopping: bool,
+    /// Why recently closed links died, oldest first in `dead_order`.
+    dead: HashMap<LinkId, LinkError>,
+    dead_order: VecDeque<LinkId>,
+}
+
+impl State {
+    fn remember_dead(&mut self, link: LinkId, why: LinkError) {
+        if self.dead.insert(link, why).is_none() {
+            self.dead_order.push_back(link);
+            if self.dead_order.len() > DEAD_LINKS_REMEMBERED {
+                if let Some(old) = self.dead_order.pop_front() {
+                    self.dead.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 pub(crate) struct Shard {
@@ -128,9 +144,16 @@ pub(crate) fn link_error(e: &LinkError) -> io::Error {
     io::Error::new(kind, format!("link lost: {e}"))
 }
 
-fn link_gone() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "link lost: link closed")
+/// The error for an operation on a link that is gone: why it died, if we remember.
+fn link_gone(st: &State, link: LinkId) -> io::Error {
+    match st.dead.get(&link) {
+        Some(why) => link_error(why),
+        None => io::Error::new(io::ErrorKind::ConnectionAborted, "link lost: link closed"),
+    }
 }
+
+/// How many dead links' close reasons a shard remembers.
+const DEAD_LINKS_REMEMBERED: usize = 4096;
 
 impl Shard {
     pub(crate) fn new(idx: u32, node: Arc<NodeShared>) -> Self {
@@ -352,7 +375,7 @@ impl Shard {
 
     fn dial(&self, st: &mut State, req: DialReq, reply: Reply<StreamRef>) {
         let Some(slot) = st.links.get_mut(&req.link) else {
-            let _ = reply.send(Err(link_gone()));
+            let _ = reply.send(Err(link_gone(st, req.link)));
             return;
         };
         match slot.core.open(req.header.clone()) {
@@ -395,11 +418,12 @@ impl Shard {
                 Event::Connected => {
                     let peer = slot.core.peer().map(|p| NodeId(p.node_id));
                     slot.peer = peer;
-                    if let Some(r) = slot.up_reply.take() {
-                        let _ = r.send(Ok(peer.unwrap_or(NodeId(0))));
-                    }
+                    // Routable before `join` returns, so a dial right after it works.
                     if let (Some(peer), LinkKind::Io { .. }) = (peer, &slot.kind) {
                         self.node.link_up(peer, self.idx, link);
+                    }
+                    if let Some(r) = slot.up_reply.take() {
+                        let _ = r.send(Ok(peer.unwrap_or(NodeId(0))));
                     }
                     // Tell the peer what we know (PROTOCOL.md §11.3).
                     for f in self.node.full_service_updates() {
@@ -510,6 +534,10 @@ impl Shard {
                 }
                 Event::Closed(why) => {
                     slot.closed = true;
+                    st.remember_dead(link, why.clone());
+                    let Some(slot) = st.links.get_mut(&link) else {
+                        return;
+                    };
                     if let Some(r) = slot.up_reply.take() {
                         let _ = r.send(Err(link_error(&why)));
                     }
@@ -556,7 +584,12 @@ impl Shard {
             let _ = std::mem::replace(r, oneshot::channel().0).send(Err(link_error(why)));
             false
         });
-        let keys: Vec<StreamKey> = st.writes.keys().filter(|k| k.link == link).copied().collect();
+        let keys: Vec<StreamKey> = st
+            .writes
+            .keys()
+            .filter(|k| k.link == link)
+            .copied()
+            .collect();
         for k in keys {
             if let Some(pw) = st.writes.remove(&k) {
                 let _ = pw.reply.send(Err(link_error(why)));
@@ -573,7 +606,12 @@ impl Shard {
                 let _ = r.send(Err(link_error(why)));
             }
         }
-        let keys: Vec<StreamKey> = st.dials.keys().filter(|k| k.link == link).copied().collect();
+        let keys: Vec<StreamKey> = st
+            .dials
+            .keys()
+            .filter(|k| k.link == link)
+            .copied()
+            .collect();
         for k in keys {
             if let Some(d) = st.dials.remove(&k) {
                 let _ = d.reply.send(Err(link_error(why)));
@@ -599,9 +637,7 @@ impl Shard {
             }
             let mut st = self.st.borrow_mut();
             for id in dirty {
-                for l in [id] {
-                    self.drain_events(&mut st, l);
-                }
+                self.drain_events(&mut st, id);
                 let Some(slot) = st.links.get_mut(&id) else {
                     continue;
                 };
@@ -769,7 +805,10 @@ impl Shard {
                 if st.stopping && st.links.is_empty() {
                     return;
                 }
-                st.links.values().filter_map(|s| s.core.poll_timeout()).min()
+                st.links
+                    .values()
+                    .filter_map(|s| s.core.poll_timeout())
+                    .min()
             };
             let now = Instant::now();
             let wait = next
@@ -815,7 +854,7 @@ impl Shard {
 
 fn try_read(st: &mut State, key: StreamKey, max: usize) -> Option<io::Result<Bytes>> {
     let Some(slot) = st.links.get_mut(&key.link) else {
-        return Some(Err(link_gone()));
+        return Some(Err(link_gone(st, key.link)));
     };
     match slot.core.recv(key.id, max) {
         Ok(Recv::Data(b)) => Some(Ok(b)),
@@ -829,7 +868,7 @@ fn try_read(st: &mut State, key: StreamKey, max: usize) -> Option<io::Result<Byt
 /// taken. Returns the write back if it must wait for credit.
 fn try_write(st: &mut State, key: StreamKey, mut pw: PendingWrite) -> Option<PendingWrite> {
     let Some(slot) = st.links.get_mut(&key.link) else {
-        let _ = pw.reply.send(Err(link_gone()));
+        let _ = pw.reply.send(Err(link_gone(st, key.link)));
         return None;
     };
     match slot.core.send(key.id, &mut pw.data) {
@@ -863,10 +902,9 @@ fn try_write(st: &mut State, key: StreamKey, mut pw: PendingWrite) -> Option<Pen
 
 fn finish(st: &mut State, key: StreamKey) -> io::Result<()> {
     let Some(slot) = st.links.get_mut(&key.link) else {
-        return Err(link_gone());
+        return Err(link_gone(st, key.link));
     };
     let r = slot.core.finish(key.id).map_err(stream_error);
     st.dirty.push(key.link);
     r
 }
-

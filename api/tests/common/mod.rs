@@ -1,0 +1,129 @@
+//! Helpers: node pairs over TCP loopback or an in-memory pipe, and a TCP proxy that a
+//! test can kill or freeze to simulate a dying link.
+#![allow(dead_code)]
+
+use astranet::Node;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub fn node() -> Node {
+    Node::builder()
+        .shards(1)
+        .dial_timeout(Duration::from_secs(10))
+        .build()
+        .expect("node")
+}
+
+pub fn node_with(f: impl FnOnce(astranet::NodeBuilder) -> astranet::NodeBuilder) -> Node {
+    f(Node::builder().shards(1)).build().expect("node")
+}
+
+/// Two nodes joined over TCP loopback: (client, server).
+pub fn tcp_pair() -> (Node, Node) {
+    let server = node();
+    let client = node();
+    let addr = server.listen("127.0.0.1:0").unwrap();
+    client.join(&addr.to_string()).unwrap();
+    (client, server)
+}
+
+/// Two nodes joined over an in-memory pipe with `attach`.
+pub fn pipe_pair() -> (Node, Node) {
+    let server = node();
+    let client = node();
+    let (a, b) = astranet::pipe();
+    let s2 = server.clone();
+    let t = std::thread::spawn(move || s2.attach(b));
+    client.attach(a).unwrap();
+    t.join().unwrap().unwrap();
+    (client, server)
+}
+
+/// Polls `cond` every 5 ms for up to `limit`.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cond()
+}
+
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A TCP proxy in front of `target`. `kill()` resets both sides; `freeze()` stops
+/// forwarding but keeps the sockets open (a silent stall).
+pub struct Proxy {
+    pub addr: String,
+    frozen: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(target: String) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (f, c) = (frozen.clone(), conns.clone());
+        std::thread::spawn(move || {
+            // One connection is all these tests need.
+            let Ok((down, _)) = l.accept() else { return };
+            let up = TcpStream::connect(&target).unwrap();
+            c.lock().unwrap().push(down.try_clone().unwrap());
+            c.lock().unwrap().push(up.try_clone().unwrap());
+            for (mut from, mut to) in [
+                (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                (up, down),
+            ] {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        // Frozen: swallow the bytes, as a black-holed route would.
+                        if f.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            frozen,
+            conns,
+        }
+    }
+
+    pub fn kill(&self) {
+        for c in self.conns.lock().unwrap().iter() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+}
