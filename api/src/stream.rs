@@ -63,12 +63,31 @@ fn copy_out(src: &mut Bytes, buf: &mut [u8]) -> usize {
 /// ```
 pub struct Stream {
     r: StreamRef,
-    leftover: Bytes,
-    pending_read: Option<Rx<Bytes>>,
+    /// The previous write, until the stream has taken all of it.
     pending_write: Option<Rx<usize>>,
+    /// Rarely used state, allocated only while in use: a million idle handles cost
+    /// a few dozen bytes each.
+    x: Option<Box<Extra>>,
+    write_shut: bool,
+}
+
+#[derive(Default)]
+struct Extra {
+    /// Bytes of a chunk that did not fit the caller's buffer.
+    leftover: Bytes,
+    /// A read that timed out; its bytes go to the next read.
+    pending_read: Option<Rx<Bytes>>,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
-    write_shut: bool,
+}
+
+impl Extra {
+    fn is_idle(&self) -> bool {
+        self.leftover.is_empty()
+            && self.pending_read.is_none()
+            && self.read_timeout.is_none()
+            && self.write_timeout.is_none()
+    }
 }
 
 fn write_after_shutdown() -> io::Error {
@@ -88,12 +107,19 @@ impl Stream {
     pub(crate) fn new(r: StreamRef) -> Self {
         Self {
             r,
-            leftover: Bytes::new(),
-            pending_read: None,
             pending_write: None,
-            read_timeout: None,
-            write_timeout: None,
+            x: None,
             write_shut: false,
+        }
+    }
+
+    fn x(&mut self) -> &mut Extra {
+        self.x.get_or_insert_with(Default::default)
+    }
+
+    fn tidy(&mut self) {
+        if self.x.as_ref().is_some_and(|x| x.is_idle()) {
+            self.x = None;
         }
     }
 
@@ -110,10 +136,11 @@ impl Stream {
     /// Half-closes the stream: the peer reads end of stream after the data written so
     /// far, and can still write back.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
-        self.finish_write(self.write_timeout)?;
+        let timeout = self.write_timeout();
+        self.finish_write(timeout)?;
         self.write_shut = true;
         let rx = self.r.shutdown_write();
-        match wait_timeout(rx, deadline(self.write_timeout)) {
+        match wait_timeout(rx, deadline(timeout)) {
             Wait::Done(r) => r,
             Wait::TimedOut(_) => Err(timed_out("shutdown_write")),
         }
@@ -124,8 +151,8 @@ impl Stream {
     /// interleave in an unspecified order, as with `TcpStream::try_clone`.
     pub fn try_clone(&self) -> io::Result<Stream> {
         let mut s = Stream::new(self.r.try_clone());
-        s.read_timeout = self.read_timeout;
-        s.write_timeout = self.write_timeout;
+        s.set_read_timeout(self.read_timeout())?;
+        s.set_write_timeout(self.write_timeout())?;
         Ok(s)
     }
 
@@ -133,25 +160,27 @@ impl Stream {
     /// `InvalidInput` error, as for `TcpStream`.
     pub fn set_read_timeout(&mut self, dur: Option<Duration>) -> io::Result<()> {
         check_timeout(dur)?;
-        self.read_timeout = dur;
+        self.x().read_timeout = dur;
+        self.tidy();
         Ok(())
     }
 
     /// Sets how long a write may block waiting for the peer's window.
     pub fn set_write_timeout(&mut self, dur: Option<Duration>) -> io::Result<()> {
         check_timeout(dur)?;
-        self.write_timeout = dur;
+        self.x().write_timeout = dur;
+        self.tidy();
         Ok(())
     }
 
     /// The read timeout.
     pub fn read_timeout(&self) -> Option<Duration> {
-        self.read_timeout
+        self.x.as_ref().and_then(|x| x.read_timeout)
     }
 
     /// The write timeout.
     pub fn write_timeout(&self) -> Option<Duration> {
-        self.write_timeout
+        self.x.as_ref().and_then(|x| x.write_timeout)
     }
 
     /// Waits until the previous write was fully taken by the stream.
@@ -189,26 +218,33 @@ impl Read for Stream {
         if buf.is_empty() {
             return Ok(0);
         }
-        if !self.leftover.is_empty() {
-            return Ok(copy_out(&mut self.leftover, buf));
-        }
-        let rx = match self.pending_read.take() {
-            Some(rx) => rx,
-            None => self.r.read(buf.len().max(READ_CHUNK)),
+        let (pending, timeout) = match self.x.as_mut() {
+            Some(x) if !x.leftover.is_empty() => {
+                let n = copy_out(&mut x.leftover, buf);
+                self.tidy();
+                return Ok(n);
+            }
+            Some(x) => (x.pending_read.take(), x.read_timeout),
+            None => (None, None),
         };
-        match wait_timeout(rx, deadline(self.read_timeout)) {
+        let rx = pending.unwrap_or_else(|| self.r.read(buf.len().max(READ_CHUNK)));
+        let r = match wait_timeout(rx, deadline(timeout)) {
             Wait::Done(Ok(mut b)) => {
                 let n = copy_out(&mut b, buf);
-                self.leftover = b;
+                if !b.is_empty() {
+                    self.x().leftover = b;
+                }
                 Ok(n)
             }
             Wait::Done(Err(e)) => Err(e),
             Wait::TimedOut(rx) => {
                 // The request stays with the shard; its bytes go to the next read.
-                self.pending_read = Some(rx);
+                self.x().pending_read = Some(rx);
                 Err(timed_out("read"))
             }
-        }
+        };
+        self.tidy();
+        r
     }
 }
 
@@ -220,7 +256,7 @@ impl Write for Stream {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.finish_write(self.write_timeout)?;
+        self.finish_write(self.write_timeout())?;
         let n = buf.len().min(MAX_WRITE);
         self.pending_write = Some(self.r.write(Bytes::copy_from_slice(&buf[..n])));
         Ok(n)
@@ -229,7 +265,7 @@ impl Write for Stream {
     /// Waits until everything written was taken by the stream (within the peer's
     /// window); like TCP, that is not a delivery receipt.
     fn flush(&mut self) -> io::Result<()> {
-        self.finish_write(self.write_timeout)
+        self.finish_write(self.write_timeout())
     }
 }
 

@@ -684,17 +684,18 @@ mod wait_api {
 /// stream (FIN after queued data; see PROTOCOL.md §5.3).
 pub struct StreamRef {
     node: Arc<NodeShared>,
-    shard: u32,
     key: StreamKey,
-    local: Addr,
     peer: Addr,
+    /// Our port; our node is `node.id`. (Kept small: a million of these may be held.)
+    local_port: u32,
+    shard: u16,
     armed: bool,
 }
 
 impl std::fmt::Debug for StreamRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamRef")
-            .field("local", &self.local)
+            .field("local", &self.local_addr())
             .field("peer", &self.peer)
             .field("id", &self.key.id)
             .finish()
@@ -707,9 +708,9 @@ impl StreamRef {
     fn new(node: Arc<NodeShared>, shard: u32, key: StreamKey, local: Addr, peer: Addr) -> Self {
         Self {
             node,
-            shard,
+            shard: shard as u16,
             key,
-            local,
+            local_port: local.port,
             peer,
             armed: true,
         }
@@ -722,7 +723,10 @@ impl StreamRef {
 
     /// Our address.
     pub fn local_addr(&self) -> Addr {
-        self.local
+        Addr {
+            node: self.node.id,
+            port: self.local_port,
+        }
     }
 
     /// The other end's address.
@@ -734,7 +738,7 @@ impl StreamRef {
     pub fn read(&self, max: usize) -> Rx<Bytes> {
         let (tx, rx) = oneshot::channel();
         self.node.push(
-            self.shard,
+            u32::from(self.shard),
             Cmd::Read {
                 key: self.key,
                 max,
@@ -749,7 +753,7 @@ impl StreamRef {
     pub fn write(&self, data: Bytes) -> Rx<usize> {
         let (tx, rx) = oneshot::channel();
         self.node.push(
-            self.shard,
+            u32::from(self.shard),
             Cmd::Write {
                 key: self.key,
                 data,
@@ -763,7 +767,7 @@ impl StreamRef {
     pub fn shutdown_write(&self) -> Rx<()> {
         let (tx, rx) = oneshot::channel();
         self.node.push(
-            self.shard,
+            u32::from(self.shard),
             Cmd::ShutdownWrite {
                 key: self.key,
                 reply: tx,
@@ -774,12 +778,12 @@ impl StreamRef {
 
     /// Another handle on the same stream.
     pub fn try_clone(&self) -> StreamRef {
-        self.node.push(self.shard, Cmd::AddRef(self.key));
+        self.node.push(u32::from(self.shard), Cmd::AddRef(self.key));
         StreamRef::new(
             self.node.clone(),
-            self.shard,
+            u32::from(self.shard),
             self.key,
-            self.local,
+            self.local_addr(),
             self.peer,
         )
     }
@@ -788,7 +792,8 @@ impl StreamRef {
 impl Drop for StreamRef {
     fn drop(&mut self) {
         if self.armed {
-            self.node.push(self.shard, Cmd::Release(self.key));
+            self.node
+                .push(u32::from(self.shard), Cmd::Release(self.key));
         }
     }
 }
@@ -837,6 +842,7 @@ impl NodeCore {
     /// Starts the shards.
     pub fn start(cfg: NodeConfig) -> std::io::Result<NodeCore> {
         if cfg.shards == 0 || cfg.shards > 1024 {
+            // (Shard numbers are kept as u16 in stream handles.)
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "shards must be between 1 and 1024",

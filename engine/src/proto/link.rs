@@ -225,6 +225,9 @@ pub struct Link {
     peer_freed_ungranted: u64,
     highest_peer_n: u64,
     streams: HashMap<StreamId, Stream>,
+    /// Byte queues of streams that have data queued, and only those: an idle stream
+    /// costs its small `streams` entry and nothing here.
+    bufs: HashMap<StreamId, Bufs>,
     /// OPEN headers of streams whose OPEN frame is not sent yet.
     pending_open: HashMap<StreamId, OpenHeader>,
     ready: VecDeque<StreamId>,
@@ -275,6 +278,7 @@ impl Link {
             peer_freed_ungranted: 0,
             highest_peer_n: 0,
             streams: HashMap::new(),
+            bufs: HashMap::new(),
             pending_open: HashMap::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
@@ -539,7 +543,7 @@ impl Link {
             recv_avail: self.cfg.initial_window - data.len() as u32,
             ..Default::default()
         };
-        s.recv_buf.push(data);
+        push_recv(&mut self.bufs, id, data);
         if fin {
             s.set(FIN_RECV);
         }
@@ -583,7 +587,7 @@ impl Link {
             }
             return Ok(());
         }
-        s.recv_buf.push(data);
+        push_recv(&mut self.bufs, id, data);
         if !s.has(READ_NOTIFIED) && (len > 0 || fin) {
             s.set(READ_NOTIFIED);
             self.events.push_back(Event::Readable(id));
@@ -609,11 +613,11 @@ impl Link {
             return Ok(());
         };
         s.send_credit = credit;
-        if inc > 0 && !s.send_buf.is_empty() && !s.has(SCHEDULED) {
+        if inc > 0 && slen(&self.bufs, id) > 0 && !s.has(SCHEDULED) {
             s.set(SCHEDULED);
             self.ready.push_back(id);
         }
-        if s.has(WRITE_BLOCKED) && s.send_credit as usize > s.send_buf.len() {
+        if s.has(WRITE_BLOCKED) && s.send_credit as usize > slen(&self.bufs, id) {
             s.clear(WRITE_BLOCKED);
             self.events.push_back(Event::Writable(id));
         }
@@ -629,11 +633,11 @@ impl Link {
         }
         s.set(RESET_RECV);
         s.reset_code = code.0;
-        s.send_buf.clear();
+        clear_send(&mut self.bufs, id);
         // Data the peer finished sending before it reset stays readable: the reset
         // only stops our direction (like a write to a closed TCP socket).
         if !s.has(FIN_RECV) {
-            s.recv_buf.clear();
+            clear_recv(&mut self.bufs, id);
         }
         let app_closed = s.has(APP_CLOSED);
         self.release_window(id);
@@ -658,8 +662,8 @@ impl Link {
             if let Some(s) = self.streams.get_mut(&id) {
                 s.set(RESET_RECV);
                 s.reset_code = ErrorCode::REFUSED.0;
-                s.send_buf.clear();
-                s.recv_buf.clear();
+                clear_send(&mut self.bufs, id);
+                clear_recv(&mut self.bufs, id);
                 if !s.has(APP_CLOSED) {
                     self.events.push_back(Event::Reset {
                         id,
@@ -765,13 +769,13 @@ impl Link {
         if s.has(FIN_QUEUED) || s.has(APP_CLOSED) {
             return Err(StreamError::Finished);
         }
-        let room = (s.send_credit as usize).saturating_sub(s.send_buf.len());
+        let room = (s.send_credit as usize).saturating_sub(slen(&self.bufs, id));
         let n = room.min(data.len());
         if n < data.len() {
             s.set(WRITE_BLOCKED);
         }
         if n > 0 {
-            s.send_buf.push(data.split_to(n));
+            push_send(&mut self.bufs, id, data.split_to(n));
             if !s.has(SCHEDULED) {
                 s.set(SCHEDULED);
                 self.ready.push_back(id);
@@ -783,7 +787,7 @@ impl Link {
     /// Bytes that [`Link::send`] would take right now.
     pub fn send_capacity(&self, id: StreamId) -> usize {
         self.streams.get(&id).map_or(0, |s| {
-            (s.send_credit as usize).saturating_sub(s.send_buf.len())
+            (s.send_credit as usize).saturating_sub(slen(&self.bufs, id))
         })
     }
 
@@ -813,15 +817,15 @@ impl Link {
             ));
         }
         let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
-        if s.is_reset() && s.recv_buf.is_empty() && !s.has(FIN_RECV) {
+        if s.is_reset() && rlen(&self.bufs, id) == 0 && !s.has(FIN_RECV) {
             return Err(StreamError::Reset(ErrorCode(s.reset_code)));
         }
-        match s.recv_buf.pop(max) {
+        match pop_recv(&mut self.bufs, id, max) {
             Some(b) => {
                 if !s.is_reset() {
                     s.recv_unacked += b.len() as u32;
                 }
-                if s.recv_buf.is_empty() {
+                if rlen(&self.bufs, id) == 0 {
                     s.clear(READ_NOTIFIED);
                 }
                 self.maybe_send_window(id);
@@ -840,7 +844,7 @@ impl Link {
 
     /// Bytes buffered for reading on a stream.
     pub fn readable_bytes(&self, id: StreamId) -> usize {
-        self.streams.get(&id).map_or(0, |s| s.recv_buf.len())
+        rlen(&self.bufs, id)
     }
 
     /// Aborts a stream: RESET goes ahead of queued data, queued data is dropped.
@@ -854,16 +858,18 @@ impl Link {
     pub fn close(&mut self, id: StreamId) {
         if self.phase == Phase::Closed {
             self.streams.remove(&id);
+            self.bufs.remove(&id);
             return;
         }
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
         s.set(APP_CLOSED);
-        if !s.recv_buf.is_empty() {
+        let unread = rlen(&self.bufs, id);
+        if unread > 0 {
             s.set(DISCARDED);
-            s.recv_unacked += s.recv_buf.len() as u32;
-            s.recv_buf.clear();
+            s.recv_unacked += unread as u32;
+            clear_recv(&mut self.bufs, id);
         }
         if !s.local_done() && !s.has(FIN_QUEUED) {
             s.set(FIN_QUEUED);
@@ -945,8 +951,8 @@ impl Link {
         }
         s.set(RESET_SENT);
         s.reset_code = code.0;
-        s.send_buf.clear();
-        s.recv_buf.clear();
+        clear_send(&mut self.bufs, id);
+        clear_recv(&mut self.bufs, id);
         let tell = notify && !s.has(APP_CLOSED);
         // A stream whose OPEN never left is unknown to the peer: nothing to tell it.
         if self.pending_open.remove(&id).is_none() {
@@ -986,14 +992,14 @@ impl Link {
         // up, or once three quarters are consumed whatever is still buffered. Waiting
         // for the reader to drain lets the growth check below see whether it keeps up.
         if s.recv_unacked < s.recv_window / 2
-            || (!s.recv_buf.is_empty() && s.recv_unacked < s.recv_window / 4 * 3)
+            || (rlen(&self.bufs, id) > 0 && s.recv_unacked < s.recv_window / 4 * 3)
         {
             return;
         }
         let mut inc = s.recv_unacked;
         // The sender ran (nearly) dry while the reader drained everything: the window is
         // what limits this stream, so grow it.
-        if s.recv_buf.len() <= (s.recv_window / 4) as usize && s.recv_window < max {
+        if rlen(&self.bufs, id) <= (s.recv_window / 4) as usize && s.recv_window < max {
             let want = (u64::from(s.recv_window) * 2).min(u64::from(max));
             let extra = (want - u64::from(s.recv_window))
                 .min(self.cfg.recv_budget.saturating_sub(self.budget_used));
@@ -1025,6 +1031,7 @@ impl Link {
         let local = s.has(LOCAL);
         self.release_window(id);
         self.streams.remove(&id);
+        self.bufs.remove(&id);
         self.pending_open.remove(&id);
         if !local {
             self.peer_freed_ungranted += 1;
@@ -1066,6 +1073,7 @@ impl Link {
         }
         self.phase = Phase::Closed;
         self.streams.clear();
+        self.bufs.clear();
         self.pending_open.clear();
         self.ready.clear();
         self.closed = Some(why.clone());
@@ -1102,8 +1110,9 @@ impl Link {
                 continue;
             }
             let open = s.has(OPEN_PENDING);
-            let n = s.send_buf.len().min(s.send_credit as usize).min(peer_max);
-            let fin = s.has(FIN_QUEUED) && n == s.send_buf.len();
+            let queued = slen(&self.bufs, id);
+            let n = queued.min(s.send_credit as usize).min(peer_max);
+            let fin = s.has(FIN_QUEUED) && n == queued;
             if n == 0 && !fin && !open {
                 continue;
             }
@@ -1112,17 +1121,17 @@ impl Link {
                 // The open header counts towards the peer's frame size.
                 let room = peer_max.saturating_sub(header.encoded_len());
                 let n = n.min(room);
-                let fin = fin && n == s.send_buf.len();
+                let fin = fin && n == queued;
                 frame::put_open_header(out, id, fin, &header, n);
                 s.clear(OPEN_PENDING);
-                write_payload(s, out, n, fin);
+                write_payload(s, &mut self.bufs, id, out, n, fin);
             } else {
                 frame::put_header(out, FrameType::Data, if fin { FLAG_FIN } else { 0 }, n, id);
-                write_payload(s, out, n, fin);
+                write_payload(s, &mut self.bufs, id, out, n, fin);
             }
             let again = !s.has(FIN_SENT)
-                && ((!s.send_buf.is_empty() && s.send_credit > 0)
-                    || (s.send_buf.is_empty() && s.has(FIN_QUEUED)));
+                && ((slen(&self.bufs, id) > 0 && s.send_credit > 0)
+                    || (slen(&self.bufs, id) == 0 && s.has(FIN_QUEUED)));
             if again {
                 s.set(SCHEDULED);
                 self.ready.push_back(id);
@@ -1139,7 +1148,24 @@ impl Link {
         if !self.ctrl.is_empty() {
             out.put_slice(&self.ctrl.split());
         }
+        self.compact();
         out.len() - start
+    }
+
+    /// Gives back memory after a burst: the maps of transient entries (queued bytes,
+    /// unsent opens) shrink once they are mostly empty. hashbrown never shrinks on its
+    /// own, and a burst of a million opens would otherwise pin its table for good.
+    fn compact(&mut self) {
+        fn shrink<V>(m: &mut HashMap<StreamId, V>) {
+            if m.capacity() > 1024 && m.len() * 8 < m.capacity() {
+                m.shrink_to(m.len() * 2);
+            }
+        }
+        shrink(&mut self.bufs);
+        shrink(&mut self.pending_open);
+        if self.ready.capacity() > 1024 && self.ready.len() * 8 < self.ready.capacity() {
+            self.ready.shrink_to(self.ready.len() * 2);
+        }
     }
 
     // ------------------------------------------------------------------ timers
@@ -1183,10 +1209,17 @@ impl Link {
 }
 
 /// Copies `n` queued bytes of `s` into `out` (the frame header is already there).
-fn write_payload(s: &mut Stream, out: &mut BytesMut, n: usize, fin: bool) {
+fn write_payload(
+    s: &mut Stream,
+    bufs: &mut HashMap<StreamId, Bufs>,
+    id: StreamId,
+    out: &mut BytesMut,
+    n: usize,
+    fin: bool,
+) {
     let mut left = n;
     while left > 0 {
-        let Some(chunk) = s.send_buf.pop(left) else {
+        let Some(chunk) = pop_send(bufs, id, left) else {
             break;
         };
         left -= chunk.len();
