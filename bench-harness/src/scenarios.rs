@@ -1,0 +1,518 @@
+//! The six scenarios of `shared/bench/SCENARIOS.md`, written once for every system.
+
+use crate::sys::{BoxConn, Pair};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Figures in the order SCENARIOS.md lists them.
+    pub figures: Vec<(&'static str, f64)>,
+    /// Latencies in µs, for latency scenarios.
+    pub hist: Option<Histogram<u64>>,
+    /// A remark for the human report (e.g. which limit stopped `tcp` in `idle`).
+    pub note: Option<String>,
+}
+
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+fn record(h: &mut Histogram<u64>, since: Instant) {
+    let us = since.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+    let _ = h.record(us);
+}
+
+fn latency_figures(h: &Histogram<u64>) -> [(&'static str, f64); 3] {
+    [
+        ("p50_us", h.value_at_quantile(0.50) as f64),
+        ("p99_us", h.value_at_quantile(0.99) as f64),
+        ("p999_us", h.value_at_quantile(0.999) as f64),
+    ]
+}
+
+/// Spawns an accept loop that runs `serve` on every stream.
+fn serve<F, Fut>(
+    mut pair_acceptor: Box<dyn crate::sys::Acceptor>,
+    serve: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(BoxConn) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok(s) = pair_acceptor.accept().await {
+            tokio::spawn(serve(s));
+        }
+    })
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// `bulk`: one stream, `total` bytes client→server in 64 KiB writes.
+pub async fn bulk(pair: Pair, total: u64, pb: &ProgressBar) -> io::Result<Outcome> {
+    let Pair {
+        dialer,
+        mut acceptor,
+        _keep,
+    } = pair;
+    pb.set_length(total);
+    let server = tokio::spawn(async move {
+        let mut s = acceptor.accept().await?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0u64;
+        while got < total {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "bulk ended early",
+                ));
+            }
+            got += n as u64;
+        }
+        Ok::<_, io::Error>(Instant::now())
+    });
+    let mut c = dialer.open().await?;
+    let buf = vec![0x5au8; CHUNK];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(CHUNK as u64) as usize;
+        c.write_all(&buf[..n]).await?;
+        sent += n as u64;
+        if sent % (64 * CHUNK as u64) == 0 {
+            pb.set_position(sent);
+        }
+    }
+    c.flush().await?;
+    let end = server.await.map_err(io::Error::other)??;
+    let secs = (end - start).as_secs_f64();
+    c.close().await.ok();
+    Ok(Outcome {
+        figures: vec![("mb_per_s", total as f64 / 1e6 / secs)],
+        hist: None,
+        note: None,
+    })
+}
+
+/// `fanout`: `streams` streams at once, each `per` bytes client→server.
+pub async fn fanout(pair: Pair, streams: usize, per: u64, pb: &ProgressBar) -> io::Result<Outcome> {
+    let Pair {
+        dialer,
+        mut acceptor,
+        _keep,
+    } = pair;
+    pb.set_length(streams as u64);
+    let start = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let st = start.clone();
+    let server = tokio::spawn(async move {
+        let mut tasks = Vec::with_capacity(streams);
+        for _ in 0..streams {
+            let mut s = acceptor.accept().await?;
+            let st = st.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; CHUNK];
+                let mut got = 0u64;
+                while got < per {
+                    let n = s.read(&mut buf).await?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "fanout ended early",
+                        ));
+                    }
+                    got += n as u64;
+                }
+                let secs = st
+                    .get()
+                    .map_or(1.0, |t: &Instant| t.elapsed().as_secs_f64());
+                Ok::<f64, io::Error>(per as f64 / secs)
+            }));
+        }
+        let mut rates = Vec::with_capacity(streams);
+        for t in tasks {
+            rates.push(t.await.map_err(io::Error::other)??);
+        }
+        Ok::<_, io::Error>((rates, Instant::now()))
+    });
+    let mut conns = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        conns.push(dialer.open().await?);
+    }
+    let t0 = Instant::now();
+    let _ = start.set(t0);
+    let mut writers = Vec::with_capacity(streams);
+    for mut c in conns {
+        let pb = pb.clone();
+        writers.push(tokio::spawn(async move {
+            let buf = vec![0xa5u8; CHUNK];
+            let mut sent = 0u64;
+            while sent < per {
+                let n = (per - sent).min(CHUNK as u64) as usize;
+                c.write_all(&buf[..n]).await?;
+                sent += n as u64;
+            }
+            c.flush().await?;
+            pb.inc(1);
+            Ok::<_, io::Error>(c)
+        }));
+    }
+    let mut keep = Vec::new();
+    for w in writers {
+        keep.push(w.await.map_err(io::Error::other)??);
+    }
+    let (rates, end) = server.await.map_err(io::Error::other)??;
+    let secs = (end - t0).as_secs_f64();
+    let sum: f64 = rates.iter().sum();
+    let sumsq: f64 = rates.iter().map(|r| r * r).sum();
+    let jain = sum * sum / (rates.len() as f64 * sumsq);
+    Ok(Outcome {
+        figures: vec![
+            ("mb_per_s", (per * streams as u64) as f64 / 1e6 / secs),
+            ("jain", jain),
+        ],
+        hist: None,
+        note: None,
+    })
+}
+
+/// `open`: `workers` concurrent workers, `total` streams: open, 1 byte each way, close.
+pub async fn open(pair: Pair, workers: usize, total: u64, pb: &ProgressBar) -> io::Result<Outcome> {
+    let Pair {
+        dialer,
+        acceptor,
+        _keep,
+    } = pair;
+    pb.set_length(total);
+    let server = serve(acceptor, |mut s| async move {
+        let mut b = [0u8; 1];
+        if s.read_exact(&mut b).await.is_ok() && s.write_all(&b).await.is_ok() {
+            let _ = s.flush().await;
+            let _ = s.close().await;
+        }
+    });
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let dialer = dialer.clone();
+        let next = next.clone();
+        let pb = pb.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = new_hist();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let t = Instant::now();
+                let mut s = dialer.open().await?;
+                s.write_all(b"x").await?;
+                s.flush().await?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await?;
+                s.close().await?;
+                drop(s);
+                record(&mut h, t);
+                pb.inc(1);
+            }
+            Ok::<_, io::Error>(h)
+        }));
+    }
+    let mut h = new_hist();
+    for t in tasks {
+        h.add(t.await.map_err(io::Error::other)??).ok();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    server.abort();
+    let mut figures = vec![("streams_per_s", total as f64 / secs)];
+    figures.extend(latency_figures(&h));
+    Ok(Outcome {
+        figures,
+        hist: Some(h),
+        note: None,
+    })
+}
+
+/// Opens `n` streams and runs a closed loop of 64 B request → 64 B response on each
+/// until `until` or `max_rt` round trips in all. Returns the merged histogram and the
+/// round trips done.
+async fn rpc_loop(
+    dialer: &Arc<dyn crate::sys::Dialer>,
+    n: usize,
+    run_for: Duration,
+    max_rt: u64,
+    pb: &ProgressBar,
+) -> io::Result<(Histogram<u64>, u64, f64)> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(dialer.open().await?);
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let until = start + run_for;
+    let mut tasks = Vec::with_capacity(n);
+    for mut c in conns {
+        let done = done.clone();
+        let pb = pb.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = new_hist();
+            let req = [0x42u8; 64];
+            let mut resp = [0u8; 64];
+            while Instant::now() < until && done.fetch_add(1, Ordering::Relaxed) < max_rt {
+                let t = Instant::now();
+                c.write_all(&req).await?;
+                c.flush().await?;
+                c.read_exact(&mut resp).await?;
+                record(&mut h, t);
+                pb.inc(1);
+            }
+            c.close().await.ok();
+            Ok::<_, io::Error>(h)
+        }));
+    }
+    let mut h = new_hist();
+    for t in tasks {
+        h.add(t.await.map_err(io::Error::other)??).ok();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok((h.clone(), h.len(), secs))
+}
+
+async fn echo_64(mut s: BoxConn) {
+    let mut b = [0u8; 64];
+    while s.read_exact(&mut b).await.is_ok() {
+        if s.write_all(&b).await.is_err() || s.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `rpc`: `n` long-lived streams in closed loops.
+pub async fn rpc(
+    pair: Pair,
+    n: usize,
+    run_for: Duration,
+    max_rt: u64,
+    pb: &ProgressBar,
+) -> io::Result<Outcome> {
+    let Pair {
+        dialer,
+        acceptor,
+        _keep,
+    } = pair;
+    pb.set_length(max_rt);
+    let server = serve(acceptor, echo_64);
+    let (h, count, secs) = rpc_loop(&dialer, n, run_for, max_rt, pb).await?;
+    server.abort();
+    let mut figures = vec![("rps", count as f64 / secs)];
+    figures.extend(latency_figures(&h));
+    Ok(Outcome {
+        figures,
+        hist: Some(h),
+        note: None,
+    })
+}
+
+/// `hol`: `rpc` on `n` streams alone, then beside a bulk stream running flat out on
+/// the same connection.
+pub async fn hol(pair: Pair, n: usize, run_for: Duration, pb: &ProgressBar) -> io::Result<Outcome> {
+    let Pair {
+        dialer,
+        acceptor,
+        _keep,
+    } = pair;
+    pb.set_length(2);
+    // The server tells the bulk stream (first byte 0x5a) from rpc streams (0x42).
+    let server = serve(acceptor, |mut s| async move {
+        let mut b = [0u8; 64];
+        if s.read_exact(&mut b).await.is_err() {
+            return;
+        }
+        if b[0] == 0x5a {
+            let mut sink = vec![0u8; CHUNK];
+            while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            return;
+        }
+        if s.write_all(&b).await.is_err() || s.flush().await.is_err() {
+            return;
+        }
+        echo_64(s).await
+    });
+    let quiet = ProgressBar::hidden();
+    let (alone, _, _) = rpc_loop(&dialer, n, run_for, u64::MAX, &quiet).await?;
+    pb.inc(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut bulk = dialer.open().await?;
+    let st = stop.clone();
+    let writer = tokio::spawn(async move {
+        let buf = vec![0x5au8; CHUNK];
+        let mut sent = 0u64;
+        while !st.load(Ordering::Relaxed) {
+            bulk.write_all(&buf).await?;
+            sent += CHUNK as u64;
+        }
+        bulk.close().await.ok();
+        Ok::<_, io::Error>(sent)
+    });
+    // Let the bulk stream reach full speed first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (beside, _, _) = rpc_loop(&dialer, n, run_for, u64::MAX, &quiet).await?;
+    stop.store(true, Ordering::Relaxed);
+    let bulk_bytes = writer.await.map_err(io::Error::other)??;
+    pb.inc(1);
+    server.abort();
+    let a = alone.value_at_quantile(0.99) as f64;
+    let b = beside.value_at_quantile(0.99) as f64;
+    Ok(Outcome {
+        figures: vec![
+            ("p99_alone_us", a),
+            ("p99_beside_us", b),
+            ("p99_ratio", b / a.max(1.0)),
+        ],
+        hist: Some(beside),
+        note: Some(format!(
+            "bulk stream moved {:.0} MB during the second phase",
+            bulk_bytes as f64 / 1e6
+        )),
+    })
+}
+
+/// `idle`: open `n` streams, one byte each so both ends know, hold them all.
+pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io::Result<Outcome> {
+    let Pair {
+        dialer,
+        mut acceptor,
+        _keep,
+    } = pair;
+    pb.set_length(n as u64);
+    let rss0 = rss_bytes();
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = tokio::spawn(async move {
+        let mut held = Vec::with_capacity(n);
+        let mut err = None;
+        for _ in 0..n {
+            match acceptor.accept().await {
+                Ok(mut s) => {
+                    let mut b = [0u8; 1];
+                    if let Err(e) = s.read_exact(&mut b).await {
+                        err = Some(e);
+                        break;
+                    }
+                    held.push(s);
+                }
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        (held, err)
+    });
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let dialer = dialer.clone();
+        let next = next.clone();
+        let stop = stop.clone();
+        let pb = pb.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) && next.fetch_add(1, Ordering::Relaxed) < n as u64 {
+                let r = async {
+                    let mut s = dialer.open().await?;
+                    s.write_all(b"1").await?;
+                    s.flush().await?;
+                    Ok::<_, io::Error>(s)
+                }
+                .await;
+                match r {
+                    Ok(s) => {
+                        held.push(s);
+                        pb.inc(1);
+                    }
+                    Err(e) => {
+                        stop.store(true, Ordering::Relaxed);
+                        return (held, Some(e));
+                    }
+                }
+            }
+            (held, None)
+        }));
+    }
+    let mut client_held = Vec::with_capacity(n);
+    let mut first_err: Option<io::Error> = None;
+    for t in tasks {
+        let (h, e) = t.await.map_err(io::Error::other)?;
+        client_held.extend(h);
+        if first_err.is_none() {
+            first_err = e;
+        }
+    }
+    let reached = client_held.len();
+    let (server_held, server_err) = if first_err.is_some() {
+        // The server waits for streams that will never come: take what it has.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        server.abort();
+        (Vec::new(), None)
+    } else {
+        server.await.map_err(io::Error::other)?
+    };
+    let open_s = start.elapsed().as_secs_f64();
+    let rss1 = rss_bytes();
+    let note = first_err
+        .or(server_err)
+        .map(|e| format!("stopped at {reached} streams: {e} ({})", limit_hint(&e)));
+    let per = rss1.saturating_sub(rss0) as f64 / reached.max(1) as f64;
+    drop(server_held);
+    drop(client_held);
+    Ok(Outcome {
+        figures: vec![
+            ("streams", reached as f64),
+            ("bytes_per_stream", per),
+            ("open_s", open_s),
+        ],
+        hist: None,
+        note,
+    })
+}
+
+fn limit_hint(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => {
+            let mut r = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+            format!(
+                "RLIMIT_NOFILE = {} file descriptors per process",
+                r.rlim_cur
+            )
+        }
+        Some(libc::ENFILE) => "fs.file-max: the system-wide file limit".into(),
+        Some(libc::EADDRNOTAVAIL) => {
+            "ephemeral ports exhausted (net.ipv4.ip_local_port_range)".into()
+        }
+        Some(libc::ENOMEM) | Some(libc::ENOBUFS) => "kernel memory for sockets".into(),
+        _ => "see the error".into(),
+    }
+}
+
+/// Resident set size of this process.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    pages * page
+}
