@@ -54,7 +54,7 @@ mod stream;
 
 pub use astranet_engine::{Addr, NodeId, RouteInfo, ServiceInfo};
 pub use pipe::{pipe, PipeEnd, PipeReader, PipeWriter};
-pub use stream::{AsyncStream, Stream, MAX_WRITE};
+pub use stream::{AsyncStream, Stream, MAX_IN_FLIGHT, MAX_WRITE};
 
 use astranet_engine::{wait_timeout, ListenerRef, NodeConfig, NodeCore, Wait};
 use std::any::Any;

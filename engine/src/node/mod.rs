@@ -92,7 +92,7 @@ pub(crate) enum Cmd {
     Read {
         key: StreamKey,
         max: usize,
-        reply: oneshot::Sender<std::io::Result<Bytes>>,
+        reply: oneshot::Sender<std::io::Result<Chunks>>,
     },
     Write {
         key: StreamKey,
@@ -680,6 +680,49 @@ mod wait_api {
     }
 }
 
+/// Bytes read from a stream, as the chunks they arrived in (no copy). Empty means end
+/// of stream.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    first: Bytes,
+    rest: std::collections::VecDeque<Bytes>,
+}
+
+impl Chunks {
+    pub(crate) fn push(&mut self, b: Bytes) {
+        if self.first.is_empty() {
+            self.first = b;
+        } else {
+            self.rest.push_back(b);
+        }
+    }
+
+    /// True if no bytes are left.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_empty()
+    }
+
+    /// Bytes left.
+    pub fn len(&self) -> usize {
+        self.first.len() + self.rest.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// Copies as many bytes as fit into `buf`, consuming them.
+    pub fn copy_to(&mut self, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() && !self.first.is_empty() {
+            let n = self.first.len().min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&self.first[..n]);
+            let _ = self.first.split_to(n);
+            done += n;
+            if self.first.is_empty() {
+                self.first = self.rest.pop_front().unwrap_or_default();
+            }
+        }
+        done
+    }
+}
+
 /// A handle on one stream, held by user code. Dropping the last handle closes the
 /// stream (FIN after queued data; see PROTOCOL.md §5.3).
 pub struct StreamRef {
@@ -734,8 +777,9 @@ impl StreamRef {
         self.peer
     }
 
-    /// Asks for up to `max` bytes; an empty reply means end of stream.
-    pub fn read(&self, max: usize) -> Rx<Bytes> {
+    /// Asks for up to `max` bytes (as many queued chunks as fit); an empty reply means
+    /// end of stream.
+    pub fn read(&self, max: usize) -> Rx<Chunks> {
         let (tx, rx) = oneshot::channel();
         self.node.push(
             u32::from(self.shard),

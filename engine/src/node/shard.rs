@@ -18,7 +18,7 @@
 //! drives every link's keep-alive).
 
 use super::io::Transport;
-use super::{Cmd, DialReq, Incoming, LinkId, NodeShared, StreamKey, StreamRef, Transport0};
+use super::{Chunks, Cmd, DialReq, Incoming, LinkId, NodeShared, StreamKey, StreamRef, Transport0};
 use crate::proto::frame::ServicesUpdate;
 use crate::proto::{ErrorCode, Event, Link, LinkError, Recv, StreamError};
 use crate::types::{Addr, NodeId};
@@ -70,8 +70,9 @@ struct PendingDial {
 #[derive(Default)]
 struct State {
     links: HashMap<LinkId, LinkSlot>,
-    reads: HashMap<StreamKey, (usize, Reply<Bytes>)>,
-    writes: HashMap<StreamKey, PendingWrite>,
+    reads: HashMap<StreamKey, (usize, Reply<Chunks>)>,
+    /// Writes waiting for credit, per stream, oldest first.
+    writes: HashMap<StreamKey, VecDeque<PendingWrite>>,
     shutdowns: HashMap<StreamKey, Reply<()>>,
     dials: HashMap<StreamKey, PendingDial>,
     /// Dials waiting for open credit, per link.
@@ -198,9 +199,9 @@ impl Shard {
                     taken: 0,
                     reply,
                 };
-                if let Some(pw) = try_write(&mut st, key, pw) {
-                    st.writes.insert(key, pw);
-                }
+                // Behind earlier writes still waiting for credit, in order.
+                st.writes.entry(key).or_default().push_back(pw);
+                drive_writes(&mut st, key);
             }
             Cmd::ShutdownWrite { key, reply } => {
                 let mut st = self.st.borrow_mut();
@@ -478,11 +479,7 @@ impl Shard {
                 }
                 Event::Writable(id) => {
                     let key = StreamKey { link, id };
-                    if let Some(pw) = st.writes.remove(&key) {
-                        if let Some(pw) = try_write(st, key, pw) {
-                            st.writes.insert(key, pw);
-                        }
-                    }
+                    drive_writes(st, key);
                 }
                 Event::Reset { id, code } => {
                     let key = StreamKey { link, id };
@@ -499,7 +496,7 @@ impl Shard {
                         let r = try_read(st, key, max).unwrap_or_else(|| Err(err()));
                         let _ = reply.send(r);
                     }
-                    if let Some(pw) = st.writes.remove(&key) {
+                    for pw in st.writes.remove(&key).unwrap_or_default() {
                         let _ = pw.reply.send(Err(err()));
                     }
                     if let Some(r) = st.shutdowns.remove(&key) {
@@ -591,7 +588,7 @@ impl Shard {
             .copied()
             .collect();
         for k in keys {
-            if let Some(pw) = st.writes.remove(&k) {
+            for pw in st.writes.remove(&k).unwrap_or_default() {
                 let _ = pw.reply.send(Err(link_error(why)));
             }
         }
@@ -852,50 +849,72 @@ impl Shard {
     }
 }
 
-fn try_read(st: &mut State, key: StreamKey, max: usize) -> Option<io::Result<Bytes>> {
+/// Takes up to `max` bytes of queued chunks; `None` if nothing is there yet.
+fn try_read(st: &mut State, key: StreamKey, max: usize) -> Option<io::Result<Chunks>> {
     let Some(slot) = st.links.get_mut(&key.link) else {
         return Some(Err(link_gone(st, key.link)));
     };
-    match slot.core.recv(key.id, max) {
-        Ok(Recv::Data(b)) => Some(Ok(b)),
-        Ok(Recv::Fin) => Some(Ok(Bytes::new())),
-        Ok(Recv::WouldBlock) => None,
-        Err(e) => Some(Err(stream_error(e))),
+    let mut out = Chunks::default();
+    let mut got = 0;
+    loop {
+        match slot.core.recv(key.id, max - got) {
+            Ok(Recv::Data(b)) => {
+                got += b.len();
+                out.push(b);
+                if got >= max {
+                    return Some(Ok(out));
+                }
+            }
+            // End of stream is reported on its own, after the data before it.
+            Ok(Recv::Fin) => return Some(Ok(out)),
+            Ok(Recv::WouldBlock) => return (got > 0).then_some(Ok(out)),
+            Err(e) if got == 0 => return Some(Err(stream_error(e))),
+            Err(_) => return Some(Ok(out)),
+        }
     }
 }
 
-/// Hands as much as the stream's credit allows to the core; answers once anything was
-/// taken. Returns the write back if it must wait for credit.
-fn try_write(st: &mut State, key: StreamKey, mut pw: PendingWrite) -> Option<PendingWrite> {
-    let Some(slot) = st.links.get_mut(&key.link) else {
-        let _ = pw.reply.send(Err(link_gone(st, key.link)));
-        return None;
-    };
-    match slot.core.send(key.id, &mut pw.data) {
-        Ok(n) => {
-            if n > 0 {
-                st.dirty.push(key.link);
-            }
-            pw.taken += n;
-            if !pw.data.is_empty() {
-                return Some(pw);
-            }
-            let _ = pw.reply.send(Ok(pw.taken));
-            // A half-close, or a close, queued behind this write.
-            if let Some(r) = st.shutdowns.remove(&key) {
-                let res = finish(st, key);
-                let _ = r.send(res);
-            }
-            if st.closing.remove(&key) {
-                if let Some(slot) = st.links.get_mut(&key.link) {
-                    slot.core.close(key.id);
+/// Hands queued writes to the core, oldest first, as far as the stream's credit
+/// allows; each is answered once all its bytes are taken. When the queue empties, a
+/// half-close or close waiting behind it goes ahead.
+fn drive_writes(st: &mut State, key: StreamKey) {
+    loop {
+        let Some(mut pw) = st.writes.get_mut(&key).and_then(|q| q.pop_front()) else {
+            break;
+        };
+        let Some(slot) = st.links.get_mut(&key.link) else {
+            let _ = pw.reply.send(Err(link_gone(st, key.link)));
+            continue;
+        };
+        match slot.core.send(key.id, &mut pw.data) {
+            Ok(n) => {
+                if n > 0 {
+                    st.dirty.push(key.link);
                 }
+                pw.taken += n;
+                if !pw.data.is_empty() {
+                    // Out of credit: wait for `Writable`.
+                    if let Some(q) = st.writes.get_mut(&key) {
+                        q.push_front(pw);
+                    }
+                    return;
+                }
+                let _ = pw.reply.send(Ok(pw.taken));
             }
-            None
+            Err(e) => {
+                let _ = pw.reply.send(Err(stream_error(e)));
+            }
         }
-        Err(e) => {
-            let _ = pw.reply.send(Err(stream_error(e)));
-            None
+    }
+    st.writes.remove(&key);
+    if let Some(r) = st.shutdowns.remove(&key) {
+        let res = finish(st, key);
+        let _ = r.send(res);
+    }
+    if st.closing.remove(&key) {
+        if let Some(slot) = st.links.get_mut(&key.link) {
+            slot.core.close(key.id);
+            st.dirty.push(key.link);
         }
     }
 }
