@@ -185,8 +185,35 @@ fn run_once(cli: &Cli, sys: System, n_idle: usize, pb: &ProgressBar) -> std::io:
             _ => 4096,
         },
     };
+    // No run may hang the harness: each has a generous time limit.
+    let limit = Duration::from_secs(match cli.scenario {
+        Scenario::Idle => 900,
+        _ => 300,
+    });
     let out = rt.block_on(async {
-        let pair = make_pair(sys, &o).await?;
+        tokio::time::timeout(limit, run_scenario(cli, sys, &o, n_idle, pb))
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("run did not finish within {limit:?}"),
+                ))
+            })
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    out
+}
+
+async fn run_scenario(
+    cli: &Cli,
+    sys: System,
+    o: &SysOpts,
+    n_idle: usize,
+    pb: &ProgressBar,
+) -> std::io::Result<Outcome> {
+    let streams = cli.streams;
+    {
+        let pair = make_pair(sys, o).await?;
         match cli.scenario {
             Scenario::Bulk => scenarios::bulk(pair, 1 << 30, pb).await,
             Scenario::Fanout => scenarios::fanout(pair, streams.unwrap_or(256), 4 << 20, pb).await,
@@ -222,9 +249,7 @@ fn run_once(cli: &Cli, sys: System, n_idle: usize, pb: &ProgressBar) -> std::io:
                 scenarios::idle(pair, n_idle, cli.concurrency.unwrap_or(64), pb).await
             }
         }
-    });
-    rt.shutdown_timeout(Duration::from_secs(2));
-    out
+    }
 }
 
 /// `idle` runs in a child process each, so one run's freed memory does not flatter the

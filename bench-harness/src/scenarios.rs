@@ -398,8 +398,17 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
         for _ in 0..n {
             match acceptor.accept().await {
                 Ok(mut s) => {
+                    // One byte each way: both ends know the stream (and yamux, which
+                    // acknowledges a stream only when its acceptor sends, does not
+                    // stall the opener after 256 streams).
                     let mut b = [0u8; 1];
-                    if let Err(e) = s.read_exact(&mut b).await {
+                    let r = async {
+                        s.read_exact(&mut b).await?;
+                        s.write_all(&b).await?;
+                        s.flush().await
+                    }
+                    .await;
+                    if let Err(e) = r {
                         err = Some(e);
                         break;
                     }
@@ -427,6 +436,8 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
                     let mut s = dialer.open().await?;
                     s.write_all(b"1").await?;
                     s.flush().await?;
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b).await?;
                     Ok::<_, io::Error>(s)
                 }
                 .await;
@@ -455,17 +466,20 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
     }
     let reached = client_held.len();
     let (server_held, server_err) = if first_err.is_some() {
-        // The server waits for streams that will never come: take what it has.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        server.abort();
-        (Vec::new(), None)
+        // The server may wait for streams that will never come: give it a moment to
+        // report its own error (often the real limit), then stop it.
+        match tokio::time::timeout(Duration::from_secs(2), server).await {
+            Ok(r) => r.map_err(io::Error::other)?,
+            Err(_) => (Vec::new(), None),
+        }
     } else {
         server.await.map_err(io::Error::other)?
     };
     let open_s = start.elapsed().as_secs_f64();
     let rss1 = rss_bytes();
-    let note = first_err
-        .or(server_err)
+    // The server's error is the cause when it stopped first (e.g. out of descriptors).
+    let note = server_err
+        .or(first_err)
         .map(|e| format!("stopped at {reached} streams: {e} ({})", limit_hint(&e)));
     let per = rss1.saturating_sub(rss0) as f64 / reached.max(1) as f64;
     drop(server_held);
