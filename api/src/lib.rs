@@ -52,7 +52,7 @@
 mod pipe;
 mod stream;
 
-pub use astranet_engine::{Addr, NodeId, RouteInfo, ServiceInfo};
+pub use astranet_engine::{Addr, NodeId, Role, RouteEvent, RouteInfo, ServiceEvent, ServiceInfo};
 pub use pipe::{pipe, PipeEnd, PipeReader, PipeWriter};
 pub use stream::{AsyncStream, Stream, MAX_IN_FLIGHT, MAX_WRITE};
 
@@ -96,6 +96,14 @@ impl NodeBuilder {
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.cfg.link.keepalive_interval = interval;
         self.cfg.link.keepalive_timeout = timeout;
+        self
+    }
+
+    /// What the node does for its mesh: [`Role::Client`] announces nothing and relays
+    /// nothing, [`Role::Server`] announces its services, [`Role::Router`] (the default)
+    /// also relays streams between nodes that have no direct link.
+    pub fn role(mut self, role: Role) -> Self {
+        self.cfg.role = role;
         self
     }
 
@@ -307,6 +315,21 @@ impl Node {
         }
     }
 
+    /// Dials a service by name, choosing among its instances by `key`: the same key
+    /// reaches the same instance while the set of instances is unchanged (rendezvous
+    /// hashing), for sticky routing. Directly linked instances are preferred.
+    pub fn dial_key(&self, name: &str, key: &[u8]) -> io::Result<Stream> {
+        let deadline = Instant::now() + self.inner.dial_timeout;
+        let rx = self.inner.core.dial_with_key(name, Some(key), deadline)?;
+        match wait_timeout(rx, Some(deadline)) {
+            Wait::Done(r) => r.map(Stream::new),
+            Wait::TimedOut(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("dial {name:?} timed out"),
+            )),
+        }
+    }
+
     /// Dials for async code. The future is `Send`.
     pub fn dial_async(
         &self,
@@ -353,6 +376,21 @@ impl Node {
         self.inner.core.routes()
     }
 
+    /// Changes to [`Node::services`]: first every current service as `Up`, then each
+    /// change. Iterate it (blocking) or turn it into an async stream.
+    pub fn watch_services(&self) -> Watch<ServiceEvent> {
+        Watch {
+            rx: self.inner.core.watch_services(),
+        }
+    }
+
+    /// Changes to [`Node::routes`], like [`Node::watch_services`].
+    pub fn watch_routes(&self) -> Watch<RouteEvent> {
+        Watch {
+            rx: self.inner.core.watch_routes(),
+        }
+    }
+
     /// Links (counting the node's own loopback pair) and streams holding state.
     pub fn stats(&self) -> io::Result<(usize, usize)> {
         self.inner.core.stats()
@@ -362,6 +400,50 @@ impl Node {
     /// the shards stop. Streams still open fail. Idempotent.
     pub fn shutdown(&self) {
         self.inner.core.shutdown();
+    }
+}
+
+/// A feed of changes from [`Node::watch_services`] or [`Node::watch_routes`]. As an
+/// `Iterator` it blocks for the next change and ends when the node shuts down.
+pub struct Watch<T> {
+    rx: async_channel::Receiver<T>,
+}
+
+impl<T> Watch<T> {
+    /// The next change, waiting at most `timeout`.
+    pub fn next_timeout(&self, timeout: Duration) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.rx.try_recv() {
+                Ok(v) => return Some(v),
+                Err(async_channel::TryRecvError::Closed) => return None,
+                Err(async_channel::TryRecvError::Empty) => {}
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The next change, for async code (`None` once the node is shut down).
+    pub async fn recv(&self) -> Option<T> {
+        self.rx.recv().await.ok()
+    }
+
+    /// The changes as an async stream (`futures_core::Stream`; pin it to poll it).
+    pub fn into_stream(self) -> impl futures_core::Stream<Item = T> + Send
+    where
+        T: Send + 'static,
+    {
+        self.rx
+    }
+}
+
+impl<T> Iterator for Watch<T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.recv_blocking().ok()
     }
 }
 

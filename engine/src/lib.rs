@@ -11,7 +11,7 @@ pub mod proto;
 mod types;
 
 pub use node::{
-    wait_timeout, Chunks, Incoming, ListenerRef, NodeConfig, NodeCore, RouteInfo, ServiceInfo,
-    StreamRef, Wait,
+    wait_timeout, Chunks, Incoming, ListenerRef, NodeConfig, NodeCore, Role, RouteEvent, RouteInfo,
+    ServiceEvent, ServiceInfo, StreamRef, Wait,
 };
 pub use types::{valid_name, Addr, BindSpec, NodeId, ParseError, Target};

@@ -10,10 +10,11 @@
 
 mod inbox;
 pub(crate) mod io;
+mod routing;
 mod shard;
 mod wait;
 
-use crate::proto::frame::{Frame, OpenHeader, ServiceOp, ServicesUpdate};
+use crate::proto::frame::{self, Frame, OpenHeader, ServiceOp, ServicesUpdate};
 use crate::proto::{ErrorCode, LinkConfig, LinkError, StreamId};
 use crate::types::{Addr, BindSpec, NodeId, Target};
 use bytes::Bytes;
@@ -26,10 +27,57 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub use wait_api::*;
+
+/// Bytes a relay reads from one side of a spliced stream before it has written them
+/// to the other side: with the two streams' windows, all a relayed stream can hold.
+const RELAY_CHUNK: usize = 256 * 1024;
+
+/// The reset code that carries a relayed stream's failure to its other side.
+fn relay_code(e: &std::io::Error) -> ErrorCode {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => ErrorCode::REFUSED,
+        K::NotFound => ErrorCode::NOT_FOUND,
+        K::HostUnreachable => ErrorCode::NO_ROUTE,
+        K::ConnectionAborted | K::TimedOut | K::InvalidData => ErrorCode::LINK_LOST,
+        _ => ErrorCode::CANCELLED,
+    }
+}
+
+/// Moves one direction of a relayed stream: reads from `from` only once the previous
+/// bytes were taken by `to` (within its credit), so backpressure holds end to end and
+/// the relay holds at most [`RELAY_CHUNK`] per direction beyond the streams' windows.
+async fn pump(from: StreamRef, to: StreamRef) {
+    loop {
+        let chunks = match from.read(RELAY_CHUNK).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                to.reset(relay_code(&e));
+                return;
+            }
+            Err(_) => return,
+        };
+        if chunks.is_empty() {
+            let _ = to.shutdown_write().await;
+            return;
+        }
+        let mut chunks = chunks;
+        while let Some(b) = chunks.pop() {
+            match to.write(b).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    from.reset(relay_code(&e));
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
 
 /// A link's node-wide id (never reused).
 pub(crate) type LinkId = u64;
@@ -41,9 +89,24 @@ pub(crate) struct StreamKey {
     pub(crate) id: StreamId,
 }
 
+/// What a node does for its mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Dials only: announces nothing and relays for nobody.
+    Client,
+    /// Announces its services; does not relay.
+    Server,
+    /// Announces and relays streams for other nodes (the default, as in the original
+    /// astranet: out of the box any node relays for its mesh).
+    #[default]
+    Router,
+}
+
 /// Settings of a node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// What the node does for its mesh.
+    pub role: Role,
     /// Node id (random by default).
     pub id: NodeId,
     /// Number of shards (executor threads).
@@ -63,6 +126,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
+            role: Role::Router,
             id: NodeId::random(),
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_cores: false,
@@ -114,6 +178,26 @@ pub(crate) enum Cmd {
         reply: oneshot::Sender<std::io::Result<()>>,
     },
     Wake(LinkId),
+    SendTo {
+        link: LinkId,
+        frame: Frame,
+    },
+    /// The next hop accepted a relayed stream: accept the inbound one and splice.
+    AcceptRelay {
+        key: StreamKey,
+        local: Addr,
+        peer: Addr,
+        out: StreamRef,
+    },
+    /// Refuse a peer's stream that was never accepted.
+    Refuse {
+        key: StreamKey,
+        code: ErrorCode,
+    },
+    Reset {
+        key: StreamKey,
+        code: ErrorCode,
+    },
     Stats {
         reply: oneshot::Sender<std::io::Result<(usize, usize)>>,
     },
@@ -126,6 +210,7 @@ pub(crate) enum Transport0 {
 }
 
 pub(crate) struct DialReq {
+    pub(crate) shard: u32,
     pub(crate) link: LinkId,
     pub(crate) header: OpenHeader,
     pub(crate) local: Addr,
@@ -187,12 +272,39 @@ pub struct RouteInfo {
     pub hops: u32,
 }
 
+/// A change in the services a node can dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceEvent {
+    /// A service instance became dialable.
+    Up(ServiceInfo),
+    /// A service instance went away (unbound, node gone, or unreachable).
+    Down(ServiceInfo),
+}
+
+/// A change in the nodes a node can reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteEvent {
+    /// A node became reachable, or its route changed.
+    Up(RouteInfo),
+    /// A node is no longer reachable.
+    Down(NodeId),
+}
+
+#[derive(Default)]
+struct Watchers {
+    services: Vec<async_channel::Sender<ServiceEvent>>,
+    routes: Vec<async_channel::Sender<RouteEvent>>,
+    last_services: Vec<ServiceInfo>,
+    last_routes: Vec<RouteInfo>,
+}
+
 pub(crate) struct NodeShared {
+    watchers: Mutex<Watchers>,
     id: NodeId,
     cfg: NodeConfig,
     inboxes: Vec<Arc<Inbox<Cmd>>>,
     listeners: Mutex<Listeners>,
-    routes: RwLock<HashMap<NodeId, (u32, LinkId)>>,
+    routing: Mutex<routing::Routing>,
     services: Mutex<Services>,
     services_changed: Condvar,
     next_link: AtomicU64,
@@ -212,6 +324,11 @@ impl NodeShared {
         LinkConfig {
             node_id: self.id.0,
             self_link_parity,
+            roles: match self.cfg.role {
+                Role::Client => 0,
+                Role::Server => frame::ROLE_SERVER,
+                Role::Router => frame::ROLE_SERVER | frame::ROLE_ROUTER,
+            },
             ..self.cfg.link.clone()
         }
     }
@@ -233,21 +350,132 @@ impl NodeShared {
         EPHEMERAL_BASE | (p & (EPHEMERAL_BASE - 1))
     }
 
-    fn link_up(&self, peer: NodeId, shard: u32, link: LinkId) {
-        self.routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(peer, (shard, link));
-        self.services_changed.notify_all();
-    }
-
-    fn link_down(&self, peer: NodeId, link: LinkId) {
-        {
-            let mut r = self.routes.write().unwrap_or_else(|e| e.into_inner());
-            if r.get(&peer).is_some_and(|&(_, l)| l == link) {
-                r.remove(&peer);
+    /// Services visible to this node (its env only), this node's first.
+    fn services_snapshot(&self) -> Vec<ServiceInfo> {
+        let mut out = Vec::new();
+        if self.cfg.role != Role::Client {
+            let l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            for (port, e) in &l.by_port {
+                if let Some(n) = &e.name {
+                    out.push(ServiceInfo {
+                        name: n.clone(),
+                        addr: Addr {
+                            node: self.id,
+                            port: *port,
+                        },
+                        hops: 0,
+                    });
+                }
             }
         }
+        let s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.lock_routing();
+        for (origin, o) in &s.origins {
+            let Some(route) = r.get(*origin) else {
+                continue;
+            };
+            for (env, name, port) in &o.entries {
+                if env == &self.cfg.env {
+                    out.push(ServiceInfo {
+                        name: name.clone(),
+                        addr: Addr {
+                            node: *origin,
+                            port: *port,
+                        },
+                        hops: u32::from(route.hops),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn routes_snapshot(&self) -> Vec<RouteInfo> {
+        let r = self.lock_routing();
+        let mut v: Vec<RouteInfo> = r
+            .all()
+            .map(|(n, route)| RouteInfo {
+                node: *n,
+                next_hop: route.via,
+                hops: u32::from(route.hops),
+            })
+            .collect();
+        v.sort_by_key(|r| r.node);
+        v
+    }
+
+    /// Sends watchers what changed since they last heard. Must be called with no other
+    /// lock of this node held.
+    fn notify_watchers(&self) {
+        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if w.services.is_empty() && w.routes.is_empty() {
+            return;
+        }
+        if !w.services.is_empty() {
+            let now = self.services_snapshot();
+            let key = |s: &ServiceInfo| (s.name.clone(), s.addr.node, s.addr.port);
+            let mut events = Vec::new();
+            for old in &w.last_services {
+                if !now.iter().any(|n| key(n) == key(old)) {
+                    events.push(ServiceEvent::Down(old.clone()));
+                }
+            }
+            for n in &now {
+                if !w.last_services.iter().any(|o| key(o) == key(n)) {
+                    events.push(ServiceEvent::Up(n.clone()));
+                }
+            }
+            w.services
+                .retain(|tx| events.iter().all(|e| tx.try_send(e.clone()).is_ok()));
+            w.last_services = now;
+        }
+        if !w.routes.is_empty() {
+            let now = self.routes_snapshot();
+            let mut events = Vec::new();
+            for old in &w.last_routes {
+                if !now.iter().any(|n| n.node == old.node) {
+                    events.push(RouteEvent::Down(old.node));
+                }
+            }
+            for n in &now {
+                if !w.last_routes.contains(n) {
+                    events.push(RouteEvent::Up(n.clone()));
+                }
+            }
+            w.routes
+                .retain(|tx| events.iter().all(|e| tx.try_send(e.clone()).is_ok()));
+            w.last_routes = now;
+        }
+    }
+
+    fn lock_routing(&self) -> std::sync::MutexGuard<'_, routing::Routing> {
+        self.routing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_router(&self) -> bool {
+        self.cfg.role == Role::Router
+    }
+
+    fn link_up(&self, peer: NodeId, shard: u32, link: LinkId) {
+        let mut r = self.lock_routing();
+        let changes = r.link_up(self.id, link, peer, shard);
+        // The new neighbour hears our whole table; the others what changed.
+        if self.is_router() {
+            for f in r.advert_for(link, None) {
+                self.push(shard, Cmd::SendTo { link, frame: f });
+            }
+        }
+        self.after_route_changes(&r, &changes, Some(link));
+        drop(r);
+        self.services_changed.notify_all();
+        self.notify_watchers();
+    }
+
+    fn link_down(&self, link: LinkId) {
+        let mut r = self.lock_routing();
+        let changes = r.link_down(self.id, link);
+        self.after_route_changes(&r, &changes, None);
+        drop(r);
         let mut s = self.services.lock().unwrap_or_else(|e| e.into_inner());
         s.origins.retain(|_, o| {
             o.sources.retain(|&l| l != link);
@@ -257,15 +485,73 @@ impl NodeShared {
         self.services_changed.notify_all();
     }
 
-    /// Where an incoming OPEN goes: the listener's queue and our local address.
+    /// A neighbour's ROUTES frame arrived over `link`.
+    fn on_routes(&self, link: LinkId, entries: &[crate::proto::RouteEntry]) {
+        let mut r = self.lock_routing();
+        let changes = r.advert(self.id, link, entries);
+        self.after_route_changes(&r, &changes, None);
+        drop(r);
+        if !changes.is_empty() {
+            self.notify_watchers();
+        }
+    }
+
+    /// Triggered updates to every neighbour (except `skip`, which got the full table),
+    /// and withdrawal of services whose origin became unreachable.
+    fn after_route_changes(
+        &self,
+        r: &routing::Routing,
+        changes: &[routing::Change],
+        skip: Option<LinkId>,
+    ) {
+        if changes.is_empty() {
+            return;
+        }
+        if self.is_router() {
+            let nodes: Vec<NodeId> = changes.iter().map(|(n, _)| *n).collect();
+            for (link, shard) in r.links() {
+                if Some(link) == skip {
+                    continue;
+                }
+                for f in r.advert_for(link, Some(&nodes)) {
+                    self.push(shard, Cmd::SendTo { link, frame: f });
+                }
+            }
+        }
+        let gone: Vec<NodeId> = changes
+            .iter()
+            .filter(|(_, route)| route.is_none())
+            .map(|(n, _)| *n)
+            .collect();
+        if !gone.is_empty() {
+            let mut s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+            for n in gone {
+                s.origins.remove(&n);
+            }
+        }
+        self.services_changed.notify_all();
+    }
+
+    /// Where an OPEN for another node goes next (PROTOCOL.md §10.1), or why not.
+    fn relay_route(&self, h: &OpenHeader, from: LinkId) -> Result<routing::Route, ErrorCode> {
+        if !self.is_router() {
+            return Err(ErrorCode::NOT_ROUTER);
+        }
+        if h.hop_limit == 0 {
+            return Err(ErrorCode::HOP_LIMIT);
+        }
+        match self.lock_routing().get(NodeId(h.dst_node)) {
+            // Never back where it came from: that is a loop.
+            Some(r) if r.link != from => Ok(r),
+            _ => Err(ErrorCode::NO_ROUTE),
+        }
+    }
+
+    /// Where an incoming OPEN for this node goes: the listener's queue and our address.
     fn route_incoming(
         &self,
         h: &OpenHeader,
     ) -> Result<(async_channel::Sender<Incoming>, Addr), ErrorCode> {
-        if h.dst_node != 0 && h.dst_node != self.id.0 {
-            // Relaying (PROTOCOL.md §10) is not built yet.
-            return Err(ErrorCode::NO_ROUTE);
-        }
         let l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         let by_name = !h.service.is_empty();
         if by_name && h.env != self.cfg.env.as_bytes() {
@@ -316,6 +602,9 @@ impl NodeShared {
 
     /// Full updates for ourselves and every origin we know (sent on link up).
     fn full_service_updates(&self) -> Vec<Frame> {
+        if self.cfg.role == Role::Client {
+            return Vec::new();
+        }
         let version = self
             .services
             .lock()
@@ -330,9 +619,11 @@ impl NodeShared {
             ops: self.local_ops(),
             request: false,
         })];
-        let s = self.services.lock().unwrap_or_else(|e| e.into_inner());
-        for (origin, o) in &s.origins {
-            out.push(origin_full(*origin, o));
+        if self.is_router() {
+            let s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+            for (origin, o) in &s.origins {
+                out.push(origin_full(*origin, o));
+            }
         }
         out
     }
@@ -403,6 +694,11 @@ impl NodeShared {
         }
         drop(s);
         self.services_changed.notify_all();
+        self.notify_watchers();
+        if !self.is_router() {
+            // Only routers carry other nodes' announcements (and their streams).
+            return None;
+        }
         // Flood onwards; nodes that already hold this version stop it.
         let fwd = Frame::Services(ServicesUpdate {
             hops: u.hops.saturating_add(1),
@@ -422,6 +718,9 @@ impl NodeShared {
 
     /// Bumps our service version and announces one change everywhere.
     fn announce(&self, op: ServiceOp) {
+        if self.cfg.role == Role::Client {
+            return;
+        }
         let (base, version) = {
             let mut s = self.services.lock().unwrap_or_else(|e| e.into_inner());
             s.version += 1;
@@ -466,35 +765,64 @@ impl NodeShared {
                 });
             }
         }
+        self.notify_watchers();
     }
 
     /// Resolves a dial target to a link, a header and the peer address. `Ok(None)`: a
     /// service that is not known (yet).
-    fn resolve(&self, t: &Target, src_port: u32) -> std::io::Result<Option<DialReq>> {
+    /// Reachable instances of a service in our env: (hops, address, (shard, link)).
+    fn instances(&self, name: &str, port: Option<u32>) -> Vec<(u8, Addr, (u32, LinkId))> {
+        let s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.lock_routing();
+        let mut out = Vec::new();
+        for (origin, o) in &s.origins {
+            let Some(route) = r.get(*origin) else {
+                continue;
+            };
+            for (env, n, p) in &o.entries {
+                if n == name && env == &self.cfg.env && port.is_none_or(|w| w == *p) {
+                    out.push((
+                        route.hops,
+                        Addr {
+                            node: *origin,
+                            port: *p,
+                        },
+                        (route.shard, route.link),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn resolve(
+        &self,
+        t: &Target,
+        src_port: u32,
+        key: Option<&[u8]>,
+    ) -> std::io::Result<Option<DialReq>> {
         let local = Addr {
             node: self.id,
             port: src_port,
         };
-        let mk = |shard_link: (u32, LinkId), dst: Addr, service: Option<&str>| {
-            let _ = shard_link.0;
-            DialReq {
-                link: shard_link.1,
-                header: OpenHeader {
-                    dst_node: dst.node.0,
-                    dst_port: dst.port,
-                    src_node: self.id.0,
-                    src_port,
-                    hop_limit: 16,
-                    env: if service.is_some() {
-                        Bytes::copy_from_slice(self.cfg.env.as_bytes())
-                    } else {
-                        Bytes::new()
-                    },
-                    service: service.map_or(Bytes::new(), |s| Bytes::copy_from_slice(s.as_bytes())),
+        let mk = |shard_link: (u32, LinkId), dst: Addr, service: Option<&str>| DialReq {
+            shard: shard_link.0,
+            link: shard_link.1,
+            header: OpenHeader {
+                dst_node: dst.node.0,
+                dst_port: dst.port,
+                src_node: self.id.0,
+                src_port,
+                hop_limit: 16,
+                env: if service.is_some() {
+                    Bytes::copy_from_slice(self.cfg.env.as_bytes())
+                } else {
+                    Bytes::new()
                 },
-                local,
-                peer: dst,
-            }
+                service: service.map_or(Bytes::new(), |s| Bytes::copy_from_slice(s.as_bytes())),
+            },
+            local,
+            peer: dst,
         };
         match t {
             Target::LocalPort(p) => Ok(Some(mk(
@@ -507,9 +835,9 @@ impl NodeShared {
             ))),
             Target::Node(a) if a.node == self.id => Ok(Some(mk(self.loopback, *a, None))),
             Target::Node(a) => {
-                let r = self.routes.read().unwrap_or_else(|e| e.into_inner());
-                match r.get(&a.node) {
-                    Some(&sl) => Ok(Some(mk(sl, *a, None))),
+                let r = self.lock_routing();
+                match r.get(a.node) {
+                    Some(route) => Ok(Some(mk((route.shard, route.link), *a, None))),
                     None => Err(std::io::Error::new(
                         std::io::ErrorKind::HostUnreachable,
                         format!("no route to node {}", a.node),
@@ -533,29 +861,18 @@ impl NodeShared {
                         }
                     }
                 }
-                let s = self.services.lock().unwrap_or_else(|e| e.into_inner());
-                let r = self.routes.read().unwrap_or_else(|e| e.into_inner());
-                let mut best: Vec<(u8, Addr, (u32, LinkId))> = Vec::new();
-                for (origin, o) in &s.origins {
-                    let Some(&sl) = r.get(origin) else { continue };
-                    for (env, n, p) in &o.entries {
-                        if n == name && env == &self.cfg.env && port.is_none_or(|w| w == *p) {
-                            best.push((
-                                o.hops,
-                                Addr {
-                                    node: *origin,
-                                    port: *p,
-                                },
-                                sl,
-                            ));
-                        }
-                    }
-                }
+                let mut best = self.instances(name, *port);
                 let Some(min) = best.iter().map(|b| b.0).min() else {
                     return Ok(None);
                 };
+                // A directly linked instance before a relayed one; at random among equals,
+                // or by rendezvous hashing when the caller gave a key.
                 best.retain(|b| b.0 == min);
-                let (_, addr, sl) = best[rand::random_range(0..best.len())];
+                let i = match key {
+                    Some(k) => rendezvous(k, best.iter().map(|b| b.1)),
+                    None => rand::random_range(0..best.len()),
+                };
+                let (_, addr, sl) = best[i];
                 Ok(Some(mk(sl, addr, Some(name))))
             }
         }
@@ -613,6 +930,24 @@ impl NodeShared {
         );
         rx
     }
+}
+
+/// Rendezvous (highest random weight) hashing: the index of the address that `key`
+/// maps to. Stable while the set is unchanged; a removed instance moves only its keys.
+fn rendezvous(key: &[u8], addrs: impl Iterator<Item = Addr>) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut best = (0u64, 0usize);
+    for (i, a) in addrs.enumerate() {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        a.node.0.hash(&mut h);
+        a.port.hash(&mut h);
+        let w = h.finish();
+        if i == 0 || w > best.0 {
+            best = (w, i);
+        }
+    }
+    best.1
 }
 
 fn origin_full(origin: NodeId, o: &Origin) -> Frame {
@@ -689,6 +1024,15 @@ pub struct Chunks {
 }
 
 impl Chunks {
+    /// Takes the next chunk, whole.
+    pub fn pop(&mut self) -> Option<Bytes> {
+        if self.first.is_empty() {
+            return None;
+        }
+        let next = self.rest.pop_front().unwrap_or_default();
+        Some(std::mem::replace(&mut self.first, next))
+    }
+
     pub(crate) fn push(&mut self, b: Bytes) {
         if self.first.is_empty() {
             self.first = b;
@@ -820,6 +1164,17 @@ impl StreamRef {
         rx
     }
 
+    /// Aborts the stream with `code` (RESET goes ahead of queued data).
+    pub fn reset(&self, code: ErrorCode) {
+        self.node.push(
+            u32::from(self.shard),
+            Cmd::Reset {
+                key: self.key,
+                code,
+            },
+        );
+    }
+
     /// Another handle on the same stream.
     pub fn try_clone(&self) -> StreamRef {
         self.node.push(u32::from(self.shard), Cmd::AddRef(self.key));
@@ -903,10 +1258,11 @@ impl NodeCore {
         }
         let inboxes: Vec<_> = (0..cfg.shards).map(|_| Arc::new(Inbox::new())).collect();
         let shared = Arc::new(NodeShared {
+            watchers: Mutex::default(),
             id: cfg.id,
             inboxes,
             listeners: Mutex::default(),
-            routes: RwLock::default(),
+            routing: Mutex::default(),
             services: Mutex::new(Services {
                 version: 1,
                 origins: HashMap::new(),
@@ -1105,6 +1461,7 @@ impl NodeCore {
             });
         }
         self.shared.services_changed.notify_all();
+        self.shared.notify_watchers();
         Ok(ListenerRef {
             node: self.shared.clone(),
             port,
@@ -1116,24 +1473,24 @@ impl NodeCore {
     /// Starts a dial. Unknown services are waited for until `deadline` (they may not
     /// have been announced yet), then fail with `NotFound`.
     pub fn dial(&self, target: &str, deadline: Instant) -> std::io::Result<Rx<StreamRef>> {
+        self.dial_with_key(target, None, deadline)
+    }
+
+    /// Like [`NodeCore::dial`]; among a service's instances, `key` picks the same one
+    /// every time while the set of instances is unchanged (rendezvous hashing).
+    pub fn dial_with_key(
+        &self,
+        target: &str,
+        key: Option<&[u8]>,
+        deadline: Instant,
+    ) -> std::io::Result<Rx<StreamRef>> {
         self.check_running()?;
         let t = Target::parse(target)?;
         let src_port = self.shared.ephemeral_port();
         loop {
-            if let Some(req) = self.shared.resolve(&t, src_port)? {
+            if let Some(req) = self.shared.resolve(&t, src_port, key)? {
                 let (tx, rx) = oneshot::channel();
-                let shard = if req.link <= 2 {
-                    self.shared.loopback.0
-                } else {
-                    self.shared
-                        .routes
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .values()
-                        .find(|(_, l)| *l == req.link)
-                        .map_or(0, |(s, _)| *s)
-                };
-                self.shared.push(shard, Cmd::Dial { req, reply: tx });
+                self.shared.push(req.shard, Cmd::Dial { req, reply: tx });
                 return Ok(rx);
             }
             let now = Instant::now();
@@ -1157,61 +1514,48 @@ impl NodeCore {
 
     /// Services visible to this node (its env only), this node's first.
     pub fn services(&self) -> Vec<ServiceInfo> {
-        let mut out = Vec::new();
-        {
-            let l = self
-                .shared
-                .listeners
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            for (port, e) in &l.by_port {
-                if let Some(n) = &e.name {
-                    out.push(ServiceInfo {
-                        name: n.clone(),
-                        addr: Addr {
-                            node: self.shared.id,
-                            port: *port,
-                        },
-                        hops: 0,
-                    });
-                }
-            }
-        }
-        let s = self
-            .shared
-            .services
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for (origin, o) in &s.origins {
-            for (env, name, port) in &o.entries {
-                if env == &self.shared.cfg.env {
-                    out.push(ServiceInfo {
-                        name: name.clone(),
-                        addr: Addr {
-                            node: *origin,
-                            port: *port,
-                        },
-                        hops: u32::from(o.hops),
-                    });
-                }
-            }
-        }
-        out
+        self.shared.services_snapshot()
     }
 
-    /// Nodes this node has a link to.
+    /// Nodes this node can reach, with next hop and distance.
     pub fn routes(&self) -> Vec<RouteInfo> {
-        let r = self.shared.routes.read().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<RouteInfo> = r
-            .keys()
-            .map(|n| RouteInfo {
-                node: *n,
-                next_hop: *n,
-                hops: 1,
-            })
-            .collect();
-        v.sort_by_key(|r| r.node);
-        v
+        self.shared.routes_snapshot()
+    }
+
+    /// Changes to [`NodeCore::services`], starting with the current services as `Up`.
+    pub fn watch_services(&self) -> async_channel::Receiver<ServiceEvent> {
+        let (tx, rx) = async_channel::unbounded();
+        let mut w = self
+            .shared
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if w.services.is_empty() {
+            w.last_services = self.shared.services_snapshot();
+        }
+        for s in &w.last_services {
+            let _ = tx.try_send(ServiceEvent::Up(s.clone()));
+        }
+        w.services.push(tx);
+        rx
+    }
+
+    /// Changes to [`NodeCore::routes`], starting with the current routes as `Up`.
+    pub fn watch_routes(&self) -> async_channel::Receiver<RouteEvent> {
+        let (tx, rx) = async_channel::unbounded();
+        let mut w = self
+            .shared
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if w.routes.is_empty() {
+            w.last_routes = self.shared.routes_snapshot();
+        }
+        for r in &w.last_routes {
+            let _ = tx.try_send(RouteEvent::Up(r.clone()));
+        }
+        w.routes.push(tx);
+        rx
     }
 
     /// Whether `shutdown` ran.
@@ -1233,7 +1577,7 @@ impl NodeCore {
         {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
-        // Withdraw our services, then stop the shards.
+        // Withdraw our services (an empty full update), then stop the shards.
         {
             let mut l = self
                 .shared
@@ -1242,6 +1586,35 @@ impl NodeCore {
                 .unwrap_or_else(|e| e.into_inner());
             l.by_port.clear();
             l.by_name.clear();
+        }
+        if self.shared.cfg.role != Role::Client {
+            let version = {
+                let mut s = self
+                    .shared
+                    .services
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                s.version += 1;
+                s.version
+            };
+            let f = Frame::Services(ServicesUpdate {
+                origin: self.shared.id.0,
+                base_version: 0,
+                version,
+                full: true,
+                hops: 0,
+                ops: vec![],
+                request: false,
+            });
+            for i in 0..self.shared.inboxes.len() as u32 {
+                self.shared.push(
+                    i,
+                    Cmd::Broadcast {
+                        frame: f.clone(),
+                        except: None,
+                    },
+                );
+            }
         }
         let mut waits = Vec::new();
         for i in 0..self.shared.inboxes.len() as u32 {

@@ -18,8 +18,9 @@
 //! drives every link's keep-alive).
 
 use super::io::Transport;
+use super::routing::Route;
 use super::{Chunks, Cmd, DialReq, Incoming, LinkId, NodeShared, StreamKey, StreamRef, Transport0};
-use crate::proto::frame::ServicesUpdate;
+use crate::proto::frame::{OpenHeader, ServicesUpdate};
 use crate::proto::{ErrorCode, Event, Link, LinkError, Recv, StreamError};
 use crate::types::{Addr, NodeId};
 use bytes::{Bytes, BytesMut};
@@ -298,6 +299,50 @@ impl Shard {
             Cmd::Wake(link) => {
                 self.st.borrow_mut().dirty.push(link);
             }
+            Cmd::SendTo { link, frame } => {
+                let mut st = self.st.borrow_mut();
+                if let Some(slot) = st.links.get_mut(&link) {
+                    slot.core.send_control(&frame);
+                    st.dirty.push(link);
+                }
+            }
+            Cmd::AcceptRelay {
+                key,
+                local,
+                peer,
+                out,
+            } => {
+                let mut st = self.st.borrow_mut();
+                let accepted = st
+                    .links
+                    .get_mut(&key.link)
+                    .is_some_and(|slot| slot.core.accept(key.id).is_ok());
+                st.dirty.push(key.link);
+                drop(st);
+                if !accepted {
+                    // The opener gave up meanwhile.
+                    out.reset(ErrorCode::CANCELLED);
+                    return;
+                }
+                let inbound = StreamRef::new(self.node.clone(), self.idx, key, local, peer);
+                let (i2, o2) = (inbound.try_clone(), out.try_clone());
+                glommio::spawn_local(super::pump(inbound, out)).detach();
+                glommio::spawn_local(super::pump(o2, i2)).detach();
+            }
+            Cmd::Refuse { key, code } => {
+                let mut st = self.st.borrow_mut();
+                if let Some(slot) = st.links.get_mut(&key.link) {
+                    slot.core.refuse(key.id, code);
+                    st.dirty.push(key.link);
+                }
+            }
+            Cmd::Reset { key, code } => {
+                let mut st = self.st.borrow_mut();
+                if let Some(slot) = st.links.get_mut(&key.link) {
+                    slot.core.reset(key.id, code);
+                    st.dirty.push(key.link);
+                }
+            }
             Cmd::Stats { reply } => {
                 let st = self.st.borrow();
                 let streams = st.links.values().map(|s| s.core.stream_count()).sum();
@@ -438,6 +483,14 @@ impl Shard {
                         node: NodeId(header.src_node),
                         port: header.src_port,
                     };
+                    if header.dst_node != 0 && header.dst_node != self.node.id.0 {
+                        match self.node.relay_route(&header, link) {
+                            Ok(route) => self.start_relay(key, header, route),
+                            Err(code) => slot.core.refuse(id, code),
+                        }
+                        st.dirty.push(link);
+                        continue;
+                    }
                     match self.node.route_incoming(&header) {
                         Ok((tx, local)) => {
                             let s = StreamRef::new(self.node.clone(), self.idx, key, local, peer);
@@ -526,8 +579,8 @@ impl Shard {
                 Event::Services(u) => {
                     self.on_services(st, link, u);
                 }
-                Event::Routes(_) => {
-                    // Relaying (PROTOCOL.md §10) is not built yet: routes are ignored.
+                Event::Routes(entries) => {
+                    self.node.on_routes(link, &entries);
                 }
                 Event::Closed(why) => {
                     slot.closed = true;
@@ -541,8 +594,8 @@ impl Shard {
                     let peer = slot.peer;
                     let join = slot.join.take();
                     self.fail_link(st, link, &why);
-                    if let Some(peer) = peer {
-                        self.node.link_down(peer, link);
+                    if peer.is_some() {
+                        self.node.link_down(link);
                     }
                     if let Some(addr) = join {
                         if !st.stopping && !matches!(why, LinkError::Graceful) {
@@ -553,6 +606,56 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Relays a stream (PROTOCOL.md §10): dials the next hop with the same header, one
+    /// hop less; the inbound stream is accepted only once the far end accepted.
+    fn start_relay(&self, inbound: StreamKey, mut header: OpenHeader, route: Route) {
+        header.hop_limit -= 1;
+        let dst = Addr {
+            node: NodeId(header.dst_node),
+            port: header.dst_port,
+        };
+        let src = Addr {
+            node: NodeId(header.src_node),
+            port: header.src_port,
+        };
+        let (tx, rx) = oneshot::channel();
+        let req = DialReq {
+            shard: route.shard,
+            link: route.link,
+            header,
+            local: Addr {
+                node: self.node.id,
+                port: 0,
+            },
+            peer: dst,
+        };
+        self.node.push(route.shard, Cmd::Dial { req, reply: tx });
+        let node = self.node.clone();
+        let idx = self.idx;
+        glommio::spawn_local(async move {
+            match rx.await {
+                Ok(Ok(out)) => node.push(
+                    idx,
+                    Cmd::AcceptRelay {
+                        key: inbound,
+                        local: dst,
+                        peer: src,
+                        out,
+                    },
+                ),
+                Ok(Err(e)) => node.push(
+                    idx,
+                    Cmd::Refuse {
+                        key: inbound,
+                        code: super::relay_code(&e),
+                    },
+                ),
+                Err(_) => {}
+            }
+        })
+        .detach();
     }
 
     fn on_services(&self, st: &mut State, link: LinkId, u: ServicesUpdate) {
