@@ -107,6 +107,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Direct upgrade (default on): advertise this node's listen addresses, and join
+    /// nodes that are reached only through relays directly when they advertise
+    /// theirs, so new streams skip the relay. Turn off behind NAT or by policy.
+    pub fn direct_upgrade(mut self, on: bool) -> Self {
+        self.cfg.direct_upgrade = on;
+        self
+    }
+
     /// Uses this node id instead of a random one.
     pub fn id(mut self, id: NodeId) -> Self {
         self.cfg.id = id;

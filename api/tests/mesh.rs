@@ -133,7 +133,10 @@ fn relay_holds_backpressure_end_to_end() {
 
 #[test]
 fn ring_of_five_takes_the_shortest_path_and_reroutes() {
-    let nodes: Vec<Node> = (0..5).map(|_| fast_node(|b| b)).collect();
+    // Every node listens here: without this, direct upgrades would make a full mesh.
+    let nodes: Vec<Node> = (0..5)
+        .map(|_| fast_node(|b| b.direct_upgrade(false)))
+        .collect();
     let mut proxies = Vec::new();
     for i in 0..5 {
         proxies.push(join_via_proxy(&nodes[i], &nodes[(i + 1) % 5]));
@@ -354,4 +357,25 @@ fn sticky_dial_by_key_is_stable() {
         spread.insert(first.node);
     }
     assert!(spread.len() > 1, "keys spread over instances");
+}
+
+#[test]
+fn direct_upgrade_skips_the_relay_unless_turned_off() {
+    for upgrade in [true, false] {
+        let a = node_with(|b| b.direct_upgrade(upgrade));
+        let b = node_with(|b| b.direct_upgrade(upgrade));
+        let c = node_with(|b| b.direct_upgrade(upgrade));
+        let addr = b.listen("127.0.0.1:0").unwrap();
+        c.listen("127.0.0.1:0").unwrap();
+        a.join(&addr.to_string()).unwrap();
+        c.join(&addr.to_string()).unwrap();
+        let l = c.bind("up").unwrap();
+        let srv = echo_server(l);
+        let direct = eventually(Duration::from_secs(3), || {
+            a.routes().iter().any(|r| r.node == c.id() && r.hops == 1)
+        });
+        assert_eq!(direct, upgrade, "upgrade={upgrade}: {:?}", a.routes());
+        echo_check(&a, "up", &pattern(3, 100_000));
+        drop(srv);
+    }
 }

@@ -121,6 +121,9 @@ pub struct NodeConfig {
     pub backlog: usize,
     /// How long `join` keeps trying to connect before it gives up.
     pub join_timeout: Duration,
+    /// Advertise this node's listen addresses, and join nodes reached only through
+    /// relays directly when they advertise theirs (PROTOCOL.md §10.5).
+    pub direct_upgrade: bool,
 }
 
 impl Default for NodeConfig {
@@ -134,6 +137,7 @@ impl Default for NodeConfig {
             link: LinkConfig::default(),
             backlog: 1 << 20,
             join_timeout: Duration::from_secs(10),
+            direct_upgrade: true,
         }
     }
 }
@@ -248,7 +252,17 @@ struct Origin {
 struct Services {
     version: u64,
     origins: HashMap<NodeId, Origin>,
+    /// Our listen addresses, announced as address records.
+    addrs: Vec<String>,
+    /// Origins we tried to join directly, and when.
+    upgrades: HashMap<NodeId, Instant>,
 }
+
+/// The env of address records in SERVICES (PROTOCOL.md §10.5): `!` is not allowed in a
+/// real env, so no service can collide with them.
+const ADDR_ENV: &str = "!addr";
+/// How long before a failed direct upgrade to the same node is tried again.
+const UPGRADE_RETRY: Duration = Duration::from_secs(30);
 
 /// A service instance, as listed by `services()`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -587,7 +601,8 @@ impl NodeShared {
 
     fn local_ops(&self) -> Vec<ServiceOp> {
         let l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
-        l.by_port
+        let mut ops: Vec<ServiceOp> = l
+            .by_port
             .iter()
             .filter_map(|(port, e)| {
                 e.name.as_ref().map(|n| ServiceOp {
@@ -597,7 +612,78 @@ impl NodeShared {
                     name: Bytes::copy_from_slice(n.as_bytes()),
                 })
             })
-            .collect()
+            .collect();
+        drop(l);
+        let s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        ops.extend(s.addrs.iter().map(|a| addr_op(true, a)));
+        ops
+    }
+
+    /// After an update from `origin`: join it directly if it is reached only through
+    /// relays and advertises addresses. The lower node id dials, unless only one side
+    /// listens.
+    fn maybe_upgrade(self: &Arc<Self>, origin: NodeId) {
+        if !self.cfg.direct_upgrade || self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let direct = self.lock_routing().get(origin).is_some_and(|r| r.hops == 1);
+        if direct {
+            return;
+        }
+        let addrs = {
+            let mut s = self.services.lock().unwrap_or_else(|e| e.into_inner());
+            let we_listen = !s.addrs.is_empty();
+            if we_listen && self.id > origin {
+                return;
+            }
+            if s.upgrades
+                .get(&origin)
+                .is_some_and(|t| t.elapsed() < UPGRADE_RETRY)
+            {
+                return;
+            }
+            let Some(o) = s.origins.get(&origin) else {
+                return;
+            };
+            let addrs: Vec<String> = o
+                .entries
+                .iter()
+                .filter(|(env, _, _)| env == ADDR_ENV)
+                .filter_map(|(_, name, _)| name.strip_prefix("tcp:").map(String::from))
+                .collect();
+            if addrs.is_empty() {
+                return;
+            }
+            s.upgrades.insert(origin, Instant::now());
+            addrs
+        };
+        let node = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("astranet-upgrade".into())
+            .spawn(move || {
+                for a in addrs {
+                    let Ok(sock) = std::net::TcpStream::connect_timeout(
+                        &match a.parse() {
+                            Ok(sa) => sa,
+                            Err(_) => continue,
+                        },
+                        Duration::from_secs(2),
+                    ) else {
+                        continue;
+                    };
+                    let rx = node.add_link(Transport0::Std(sock), None);
+                    match wait_reply(rx, Some(Instant::now() + node.cfg.join_timeout)) {
+                        Ok(peer) if peer == origin => {
+                            tracing::debug!(%origin, addr = %a, "joined directly");
+                            return;
+                        }
+                        Ok(peer) => {
+                            tracing::warn!(%origin, %peer, addr = %a, "address led to another node");
+                        }
+                        Err(e) => tracing::debug!(%origin, addr = %a, error = %e, "direct join failed"),
+                    }
+                }
+            });
     }
 
     /// Full updates for ourselves and every origin we know (sent on link up).
@@ -638,7 +724,7 @@ impl NodeShared {
 
     /// Applies a SERVICES update that arrived over `link` (PROTOCOL.md §11.3) and
     /// forwards it. Returns a REQUEST to send back when a diff arrived out of order.
-    fn apply_services(&self, link: LinkId, u: &ServicesUpdate) -> Option<Frame> {
+    fn apply_services(self: &Arc<Self>, link: LinkId, u: &ServicesUpdate) -> Option<Frame> {
         let origin = NodeId(u.origin);
         if origin == self.id {
             return None;
@@ -695,6 +781,7 @@ impl NodeShared {
         drop(s);
         self.services_changed.notify_all();
         self.notify_watchers();
+        self.maybe_upgrade(origin);
         if !self.is_router() {
             // Only routers carry other nodes' announcements (and their streams).
             return None;
@@ -948,6 +1035,16 @@ fn rendezvous(key: &[u8], addrs: impl Iterator<Item = Addr>) -> usize {
         }
     }
     best.1
+}
+
+/// An address record (PROTOCOL.md §10.5).
+fn addr_op(announce: bool, addr: &str) -> ServiceOp {
+    ServiceOp {
+        announce,
+        port: 0,
+        env: Bytes::from_static(ADDR_ENV.as_bytes()),
+        name: Bytes::from(format!("tcp:{addr}")),
+    }
 }
 
 fn origin_full(origin: NodeId, o: &Origin) -> Frame {
@@ -1265,7 +1362,7 @@ impl NodeCore {
             routing: Mutex::default(),
             services: Mutex::new(Services {
                 version: 1,
-                origins: HashMap::new(),
+                ..Default::default()
             }),
             services_changed: Condvar::new(),
             next_link: AtomicU64::new(3),
@@ -1335,6 +1432,18 @@ impl NodeCore {
         self.check_running()?;
         let l = std::net::TcpListener::bind(addr)?;
         let bound = l.local_addr()?;
+        // Advertise where we can be joined (not an unspecified address: peers could not
+        // use it).
+        if self.shared.cfg.direct_upgrade && !bound.ip().is_unspecified() {
+            let a = bound.to_string();
+            self.shared
+                .services
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .addrs
+                .push(a.clone());
+            self.shared.announce(addr_op(true, &a));
+        }
         let closer = socket2::Socket::from(l.try_clone()?);
         self.shared
             .listen_sockets
