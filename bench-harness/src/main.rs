@@ -28,6 +28,9 @@ pub enum Scenario {
     Idle,
     /// rpc on 64 streams, alone and beside a bulk stream.
     Hol,
+    /// astranet only: bulk (256 MiB) and open (20,000 streams) through one relay,
+    /// beside the same figures direct.
+    Relay,
 }
 
 impl Scenario {
@@ -39,6 +42,7 @@ impl Scenario {
             Scenario::Rpc => "rpc",
             Scenario::Idle => "idle",
             Scenario::Hol => "hol",
+            Scenario::Relay => "relay",
         }
     }
 }
@@ -248,8 +252,53 @@ async fn run_scenario(
             Scenario::Idle => {
                 scenarios::idle(pair, n_idle, cli.concurrency.unwrap_or(64), pb).await
             }
+            Scenario::Relay => relay(cli, o, pair, pb).await,
         }
     }
+}
+
+/// `relay`: the same bulk and open work direct (`pair`) and through one relay.
+async fn relay(cli: &Cli, o: &SysOpts, direct: Pair, pb: &ProgressBar) -> std::io::Result<Outcome> {
+    const BULK: u64 = 256 << 20;
+    let streams = cli.streams.unwrap_or(20_000) as u64;
+    let workers = cli.concurrency.unwrap_or(64);
+    let d_bulk = scenarios::bulk(direct, BULK, pb).await?;
+    let direct = make_pair(System::Astranet, o).await?;
+    let d_open = scenarios::open(direct, workers, streams, pb).await?;
+    let oo = o.clone();
+    let relayed = || {
+        let oo = oo.clone();
+        tokio::task::spawn_blocking(move || sys::astranet_sys::relay_pair(&oo))
+    };
+    let r_bulk =
+        scenarios::bulk(relayed().await.map_err(std::io::Error::other)??, BULK, pb).await?;
+    let r_open = scenarios::open(
+        relayed().await.map_err(std::io::Error::other)??,
+        workers,
+        streams,
+        pb,
+    )
+    .await?;
+    let f = |o: &Outcome, k: &str| {
+        o.figures
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map_or(0.0, |(_, v)| *v)
+    };
+    let (db, rb) = (f(&d_bulk, "mb_per_s"), f(&r_bulk, "mb_per_s"));
+    let (dp, rp) = (f(&d_open, "streams_per_s"), f(&r_open, "streams_per_s"));
+    Ok(Outcome {
+        figures: vec![
+            ("direct_mb_per_s", db),
+            ("relay_mb_per_s", rb),
+            ("bulk_ratio", rb / db.max(1e-9)),
+            ("direct_streams_per_s", dp),
+            ("relay_streams_per_s", rp),
+            ("open_ratio", rp / dp.max(1e-9)),
+        ],
+        hist: r_open.hist,
+        note: Some("relay_* through one relay node; ratios are relay / direct".into()),
+    })
 }
 
 /// `idle` runs in a child process each, so one run's freed memory does not flatter the
@@ -298,7 +347,15 @@ fn progress(cli: &Cli, msg: String) -> ProgressBar {
 fn main() {
     let cli = Cli::parse();
     raise_fd_limit();
+    if cli.scenario == Scenario::Relay
+        && cli.system != SystemSel::Astranet
+        && cli.system != SystemSel::All
+    {
+        eprintln!("relay measures astranet only (it compares astranet direct and relayed)");
+        std::process::exit(2);
+    }
     let systems: Vec<System> = match cli.system {
+        _ if cli.scenario == Scenario::Relay => vec![System::Astranet],
         SystemSel::All => vec![System::Astranet, System::Tcp, System::YamuxRs],
         SystemSel::Astranet => vec![System::Astranet],
         SystemSel::Tcp => vec![System::Tcp],

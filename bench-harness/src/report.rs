@@ -129,6 +129,7 @@ fn primary(sc: Scenario) -> (&'static str, bool) {
         Scenario::Rpc => ("rps", true),
         Scenario::Idle => ("bytes_per_stream", false),
         Scenario::Hol => ("p99_ratio", false),
+        Scenario::Relay => ("bulk_ratio", true),
     }
 }
 

@@ -55,6 +55,38 @@ pub mod astranet_sys {
         }
     }
 
+    /// A and C linked only through B (a router); C binds "bench", A dials it.
+    pub fn relay_pair(o: &SysOpts) -> io::Result<Pair> {
+        let build = || {
+            astranet::Node::builder()
+                .shards(o.shards)
+                .direct_upgrade(false)
+                .max_streams((o.max_streams as u64 + 1024).max(1 << 20))
+                .build()
+        };
+        let (a, b, c) = (build()?, build()?, build()?);
+        let addr = b.listen("127.0.0.1:0")?.to_string();
+        a.join(&addr)?;
+        c.join(&addr)?;
+        let l = c.bind_async("bench")?;
+        let t = std::time::Instant::now();
+        while !a
+            .services()
+            .iter()
+            .any(|s| s.name == "bench" && s.hops == 2)
+        {
+            if t.elapsed() > std::time::Duration::from_secs(10) {
+                return Err(io::Error::other("service announcement did not arrive"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(Pair {
+            dialer: Arc::new(D(a)),
+            acceptor: Box::new(A(l)),
+            _keep: vec![Box::new(b), Box::new(c)],
+        })
+    }
+
     /// Two nodes joined by one TCP connection; the server binds "bench".
     pub fn pair(o: &SysOpts) -> io::Result<Pair> {
         let build = || {

@@ -900,7 +900,7 @@ impl NodeShared {
                 dst_port: dst.port,
                 src_node: self.id.0,
                 src_port,
-                hop_limit: 16,
+                hop_limit: routing::INFINITY,
                 env: if service.is_some() {
                     Bytes::copy_from_slice(self.cfg.env.as_bytes())
                 } else {

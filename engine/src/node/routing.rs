@@ -1,13 +1,14 @@
 //! Distance-vector routing over the node's links (PROTOCOL.md §10.4): split horizon
-//! with poisoned reverse, infinity at 16 hops, triggered updates.
+//! with poisoned reverse, infinity at 128 hops, triggered updates.
 
 use super::LinkId;
 use crate::proto::frame::{Frame, RouteEntry};
 use crate::types::NodeId;
 use std::collections::HashMap;
 
-/// Distances at or above this are unreachable.
-pub(crate) const INFINITY: u8 = 16;
+/// Distances at or above this are unreachable. Large enough for a line of 100 nodes;
+/// still bounded, so a loop counts itself out (fast, with triggered updates).
+pub(crate) const INFINITY: u8 = 128;
 /// The hops value of a withdrawn route on the wire.
 pub(crate) const WITHDRAWN: u8 = 255;
 /// Entries per ROUTES frame (9 bytes each, well under any frame limit).
@@ -211,7 +212,7 @@ mod tests {
         let mut r = Routing::default();
         r.link_up(me, 10, NodeId(2), 0);
         r.advert(me, 10, &[e(9, 1), e(8, INFINITY - 1)]);
-        assert!(r.get(NodeId(8)).is_none(), "16 hops is unreachable");
+        assert!(r.get(NodeId(8)).is_none(), "INFINITY hops is unreachable");
         // To neighbour 2 we advertise 9 as withdrawn (its route goes through 2).
         let f = r.advert_for(10, None);
         match &f[0] {
