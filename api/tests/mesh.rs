@@ -330,7 +330,7 @@ fn watches_report_services_and_routes() {
     b.shutdown();
     match wr.next_timeout(Duration::from_secs(5)) {
         Some(RouteEvent::Down(n)) => assert_eq!(n, b.id()),
-        e => panic!("{e:?}"),
+        e => panic!("{e:?}; routes now {:?}; stats {:?}", a.routes(), a.stats()),
     }
 }
 

@@ -497,6 +497,7 @@ impl NodeShared {
         });
         drop(s);
         self.services_changed.notify_all();
+        self.notify_watchers();
     }
 
     /// A neighbour's ROUTES frame arrived over `link`.
