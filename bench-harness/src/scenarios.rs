@@ -247,21 +247,35 @@ async fn rpc_loop(
     max_rt: u64,
     pb: &ProgressBar,
 ) -> io::Result<(Histogram<u64>, u64, f64)> {
-    let mut conns = Vec::with_capacity(n);
-    for _ in 0..n {
-        conns.push(dialer.open().await?);
-    }
+    // Each stream opens and makes one unmeasured round trip (which also acknowledges
+    // it: yamux stops opening after 256 streams its acceptor has not answered), then
+    // all start together.
+    let ready = Arc::new(tokio::sync::Barrier::new(n + 1));
+    let go = Arc::new(tokio::sync::Notify::new());
+    let start_at = Arc::new(std::sync::OnceLock::<Instant>::new());
     let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let until = start + run_for;
     let mut tasks = Vec::with_capacity(n);
-    for mut c in conns {
-        let done = done.clone();
-        let pb = pb.clone();
+    for _ in 0..n {
+        let (dialer, done, pb) = (dialer.clone(), done.clone(), pb.clone());
+        let (ready, start_at) = (ready.clone(), start_at.clone());
+        let go = go.clone();
         tasks.push(tokio::spawn(async move {
-            let mut h = new_hist();
             let req = [0x42u8; 64];
             let mut resp = [0u8; 64];
+            let warm = async {
+                let mut c = dialer.open().await?;
+                c.write_all(&req).await?;
+                c.flush().await?;
+                c.read_exact(&mut resp).await?;
+                Ok::<_, io::Error>(c)
+            }
+            .await;
+            let notified = go.notified();
+            ready.wait().await;
+            let mut c = warm?;
+            notified.await;
+            let until = *start_at.get().expect("start time set") + run_for;
+            let mut h = new_hist();
             while Instant::now() < until && done.fetch_add(1, Ordering::Relaxed) < max_rt {
                 let t = Instant::now();
                 c.write_all(&req).await?;
@@ -274,6 +288,10 @@ async fn rpc_loop(
             Ok::<_, io::Error>(h)
         }));
     }
+    ready.wait().await;
+    let start = Instant::now();
+    let _ = start_at.set(start);
+    go.notify_waiters();
     let mut h = new_hist();
     for t in tasks {
         h.add(t.await.map_err(io::Error::other)??).ok();
