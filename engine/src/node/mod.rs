@@ -65,9 +65,15 @@ async fn pump(from: StreamRef, to: StreamRef) {
             let _ = to.shutdown_write().await;
             return;
         }
+        // Hand every chunk over at once (the shard keeps a stream's writes in order),
+        // then wait for all of them: at most RELAY_CHUNK bytes are in flight.
         let mut chunks = chunks;
+        let mut pending = Vec::new();
         while let Some(b) = chunks.pop() {
-            match to.write(b).await {
+            pending.push(to.write(b));
+        }
+        for rx in pending {
+            match rx.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     from.reset(relay_code(&e));
