@@ -78,16 +78,29 @@ fn line_relays_10_mib_and_fails_both_ends_when_the_relay_dies() {
     let srv = echo_server(l);
     echo_check(&a, "far", &pattern(7, 10 << 20));
     // A long-lived relayed stream, then B "dies" (both its links cut).
-    let mut s = a.dial("far").unwrap();
+    let l2 = c.bind("far2").unwrap();
+    assert!(eventually(Duration::from_secs(5), || sees_service(
+        &a, "far2"
+    )));
+    let mut s = a.dial("far2").unwrap();
+    let mut sc = l2.accept().unwrap();
     s.write_all(b"hi").unwrap();
     let mut b2 = [0u8; 2];
-    s.read_exact(&mut b2).unwrap();
+    sc.read_exact(&mut b2).unwrap();
+    let far_end = std::thread::spawn(move || {
+        let mut buf = [0u8; 1];
+        let t = Instant::now();
+        (sc.read(&mut buf).is_err(), t.elapsed())
+    });
     let t = Instant::now();
     pa.kill();
     pc.kill();
     let mut buf = [0u8; 1];
     assert!(s.read(&mut buf).is_err(), "relayed stream fails at A");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let (failed, took) = far_end.join().unwrap();
+    assert!(failed, "relayed stream fails at C");
+    assert!(took < Duration::from_secs(3), "C noticed after {took:?}");
     assert!(eventually(Duration::from_secs(3), || !sees_service(
         &a, "far"
     )));
