@@ -228,31 +228,24 @@ impl Node {
     /// once, and a half-duplex link could deadlock), else this returns `Unsupported`.
     pub fn attach<S: Read + Write + Send + 'static>(&self, stream: S) -> io::Result<()> {
         let any: Box<dyn Any + Send> = Box::new(stream);
+        // Sockets: a clone reads, the original writes, another clone shuts both down.
         let any = match any.downcast::<std::net::TcpStream>() {
             Ok(s) => {
-                let r = s.try_clone()?;
-                let c = s.try_clone()?;
-                return self.attach_with_closer(
-                    Box::new(r),
-                    Box::new(*s),
-                    Some(Box::new(move || {
-                        let _ = c.shutdown(std::net::Shutdown::Both);
-                    })),
-                );
+                return self.attach_socket(
+                    *s,
+                    |s| s.try_clone(),
+                    |s| s.shutdown(std::net::Shutdown::Both),
+                )
             }
             Err(a) => a,
         };
         let any = match any.downcast::<std::os::unix::net::UnixStream>() {
             Ok(s) => {
-                let r = s.try_clone()?;
-                let c = s.try_clone()?;
-                return self.attach_with_closer(
-                    Box::new(r),
-                    Box::new(*s),
-                    Some(Box::new(move || {
-                        let _ = c.shutdown(std::net::Shutdown::Both);
-                    })),
-                );
+                return self.attach_socket(
+                    *s,
+                    |s| s.try_clone(),
+                    |s| s.shutdown(std::net::Shutdown::Both),
+                )
             }
             Err(a) => a,
         };
@@ -276,6 +269,24 @@ impl Node {
         W: Write + Send + 'static,
     {
         self.attach_with_closer(Box::new(reader), Box::new(writer), None)
+    }
+
+    /// Attaches a socket type that can be cloned and shut down.
+    fn attach_socket<T: Read + Write + Send + 'static>(
+        &self,
+        s: T,
+        clone: fn(&T) -> io::Result<T>,
+        shutdown: fn(&T) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let r = clone(&s)?;
+        let c = clone(&s)?;
+        self.attach_with_closer(
+            Box::new(r),
+            Box::new(s),
+            Some(Box::new(move || {
+                let _ = shutdown(&c);
+            })),
+        )
     }
 
     fn attach_with_closer(

@@ -474,3 +474,13 @@ const _: () = {
     assert_send::<Stream>();
     assert_send::<AsyncStream>();
 };
+
+#[cfg(test)]
+mod tests {
+    /// A held, idle handle is small: a million of them are part of the idle figure.
+    #[test]
+    fn idle_handles_are_small() {
+        assert!(std::mem::size_of::<super::Stream>() <= 64);
+        assert!(std::mem::size_of::<super::AsyncStream>() <= 64);
+    }
+}

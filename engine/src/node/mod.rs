@@ -1026,6 +1026,26 @@ impl NodeShared {
     }
 }
 
+/// Adds a watcher: it first hears every current item as `up`, then the changes that
+/// `notify_watchers` sends. `last` is what watchers were last told (taken from
+/// `snapshot` when this is the first watcher).
+fn subscribe<I: Clone, E>(
+    senders: &mut Vec<async_channel::Sender<E>>,
+    last: &mut Vec<I>,
+    snapshot: impl FnOnce() -> Vec<I>,
+    up: impl Fn(I) -> E,
+) -> async_channel::Receiver<E> {
+    let (tx, rx) = async_channel::unbounded();
+    if senders.is_empty() {
+        *last = snapshot();
+    }
+    for item in last.iter() {
+        let _ = tx.try_send(up(item.clone()));
+    }
+    senders.push(tx);
+    rx
+}
+
 /// Rendezvous (highest random weight) hashing: the index of the address that `key`
 /// maps to. Stable while the set is unchanged; a removed instance moves only its keys.
 fn rendezvous(key: &[u8], addrs: impl Iterator<Item = Addr>) -> usize {
@@ -1640,38 +1660,34 @@ impl NodeCore {
 
     /// Changes to [`NodeCore::services`], starting with the current services as `Up`.
     pub fn watch_services(&self) -> async_channel::Receiver<ServiceEvent> {
-        let (tx, rx) = async_channel::unbounded();
         let mut w = self
             .shared
             .watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if w.services.is_empty() {
-            w.last_services = self.shared.services_snapshot();
-        }
-        for s in &w.last_services {
-            let _ = tx.try_send(ServiceEvent::Up(s.clone()));
-        }
-        w.services.push(tx);
-        rx
+        let w = &mut *w;
+        subscribe(
+            &mut w.services,
+            &mut w.last_services,
+            || self.shared.services_snapshot(),
+            ServiceEvent::Up,
+        )
     }
 
     /// Changes to [`NodeCore::routes`], starting with the current routes as `Up`.
     pub fn watch_routes(&self) -> async_channel::Receiver<RouteEvent> {
-        let (tx, rx) = async_channel::unbounded();
         let mut w = self
             .shared
             .watchers
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if w.routes.is_empty() {
-            w.last_routes = self.shared.routes_snapshot();
-        }
-        for r in &w.last_routes {
-            let _ = tx.try_send(RouteEvent::Up(r.clone()));
-        }
-        w.routes.push(tx);
-        rx
+        let w = &mut *w;
+        subscribe(
+            &mut w.routes,
+            &mut w.last_routes,
+            || self.shared.routes_snapshot(),
+            RouteEvent::Up,
+        )
     }
 
     /// Whether `shutdown` ran.
