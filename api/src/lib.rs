@@ -324,14 +324,7 @@ impl Node {
     pub fn dial_timeout(&self, addr: &str, timeout: Duration) -> io::Result<Stream> {
         let deadline = Instant::now() + timeout;
         let rx = self.inner.core.dial(addr, deadline)?;
-        match wait_timeout(rx, Some(deadline)) {
-            Wait::Done(r) => r.map(Stream::new),
-            // Dropping the receiver makes the shard close the stream if it completes.
-            Wait::TimedOut(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("dial {addr:?} timed out"),
-            )),
-        }
+        finish_dial(rx, deadline, addr)
     }
 
     /// Dials a service by name, choosing among its instances by `key`: the same key
@@ -340,13 +333,7 @@ impl Node {
     pub fn dial_key(&self, name: &str, key: &[u8]) -> io::Result<Stream> {
         let deadline = Instant::now() + self.inner.dial_timeout;
         let rx = self.inner.core.dial_with_key(name, Some(key), deadline)?;
-        match wait_timeout(rx, Some(deadline)) {
-            Wait::Done(r) => r.map(Stream::new),
-            Wait::TimedOut(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("dial {name:?} timed out"),
-            )),
-        }
+        finish_dial(rx, deadline, name)
     }
 
     /// Dials for async code. The future is `Send`.
@@ -419,6 +406,22 @@ impl Node {
     /// the shards stop. Streams still open fail. Idempotent.
     pub fn shutdown(&self) {
         self.inner.core.shutdown();
+    }
+}
+
+/// Waits for a dial's answer until `deadline`. On timeout the receiver is dropped,
+/// which makes the shard close the stream should it still complete.
+fn finish_dial(
+    rx: futures_channel::oneshot::Receiver<io::Result<astranet_engine::StreamRef>>,
+    deadline: Instant,
+    addr: &str,
+) -> io::Result<Stream> {
+    match wait_timeout(rx, Some(deadline)) {
+        Wait::Done(r) => r.map(Stream::new),
+        Wait::TimedOut(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("dial {addr:?} timed out"),
+        )),
     }
 }
 

@@ -808,3 +808,29 @@ fn idle_streams_hold_no_heap_buffers() {
     assert_eq!(p.a.stream_count(), 10_000);
     assert_eq!(p.b.stream_count(), 10_000);
 }
+
+#[test]
+fn goaway_does_not_re_reset_a_stream_already_reset() {
+    let mut p = Pair::new();
+    // Opened and reset before its OPEN left: b never sees it, so b's GOAWAY (last id
+    // 0) refuses it; it must keep its own code and get no second Reset event.
+    let id = p.a.open(OpenHeader::default()).unwrap();
+    p.a.reset(id, ErrorCode::CANCELLED);
+    p.b.go_away(ErrorCode::SHUTDOWN, "bye");
+    p.pump();
+    assert!(
+        p.ea.iter()
+            .any(|e| matches!(e, Event::GoAway { last_id: 0, .. })),
+        "{:?}",
+        p.ea
+    );
+    assert!(
+        !p.ea.iter().any(|e| matches!(e, Event::Reset { .. })),
+        "{:?}",
+        p.ea
+    );
+    assert_eq!(
+        p.a.recv(id, 1),
+        Err(StreamError::Reset(ErrorCode::CANCELLED))
+    );
+}

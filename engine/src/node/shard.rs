@@ -677,53 +677,26 @@ impl Shard {
 
     /// Fails every pending operation on a dead link.
     fn fail_link(&self, st: &mut State, link: LinkId, why: &LinkError) {
-        st.reads.retain(|k, (_, r)| {
-            if k.link != link {
-                return true;
-            }
-            let _ = std::mem::replace(r, oneshot::channel().0).send(Err(link_error(why)));
-            false
-        });
-        let keys: Vec<StreamKey> = st
-            .writes
-            .keys()
-            .filter(|k| k.link == link)
-            .copied()
-            .collect();
-        for k in keys {
-            for pw in st.writes.remove(&k).unwrap_or_default() {
+        let on = |k: &StreamKey| k.link == link;
+        for (_, (_, r)) in st.reads.extract_if(|k, _| on(k)) {
+            let _ = r.send(Err(link_error(why)));
+        }
+        for (_, q) in st.writes.extract_if(|k, _| on(k)) {
+            for pw in q {
                 let _ = pw.reply.send(Err(link_error(why)));
             }
         }
-        let keys: Vec<StreamKey> = st
-            .shutdowns
-            .keys()
-            .filter(|k| k.link == link)
-            .copied()
-            .collect();
-        for k in keys {
-            if let Some(r) = st.shutdowns.remove(&k) {
-                let _ = r.send(Err(link_error(why)));
-            }
+        for (_, r) in st.shutdowns.extract_if(|k, _| on(k)) {
+            let _ = r.send(Err(link_error(why)));
         }
-        let keys: Vec<StreamKey> = st
-            .dials
-            .keys()
-            .filter(|k| k.link == link)
-            .copied()
-            .collect();
-        for k in keys {
-            if let Some(d) = st.dials.remove(&k) {
-                let _ = d.reply.send(Err(link_error(why)));
-            }
+        for (_, d) in st.dials.extract_if(|k, _| on(k)) {
+            let _ = d.reply.send(Err(link_error(why)));
         }
-        if let Some(q) = st.blocked.remove(&link) {
-            for (_, reply) in q {
-                let _ = reply.send(Err(link_error(why)));
-            }
+        for (_, reply) in st.blocked.remove(&link).into_iter().flatten() {
+            let _ = reply.send(Err(link_error(why)));
         }
-        st.refs.retain(|k, _| k.link != link);
-        st.closing.retain(|k| k.link != link);
+        st.refs.retain(|k, _| !on(k));
+        st.closing.retain(|k| !on(k));
     }
 
     // -------------------------------------------------------------- flushing

@@ -625,11 +625,21 @@ impl Link {
     }
 
     fn on_reset(&mut self, id: StreamId, code: ErrorCode) -> Result<(), LinkError> {
-        let Some(s) = self.streams.get_mut(&id) else {
+        if !self.streams.contains_key(&id) {
             return self.check_unknown(id);
+        }
+        self.reset_by_peer(id, code);
+        Ok(())
+    }
+
+    /// The peer ended a stream (RESET, or GOAWAY refusing it): drop what we would send
+    /// and what it did not finish sending, tell the application, free when possible.
+    fn reset_by_peer(&mut self, id: StreamId, code: ErrorCode) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
         };
         if s.is_reset() {
-            return Ok(());
+            return;
         }
         s.set(RESET_RECV);
         s.reset_code = code.0;
@@ -640,12 +650,12 @@ impl Link {
             clear_recv(&mut self.bufs, id);
         }
         let app_closed = s.has(APP_CLOSED);
+        self.pending_open.remove(&id);
         self.release_window(id);
         if !app_closed {
             self.events.push_back(Event::Reset { id, code });
         }
         self.maybe_free(id);
-        Ok(())
     }
 
     fn on_goaway(&mut self, last_id: StreamId, code: ErrorCode, reason: String) {
@@ -658,21 +668,7 @@ impl Link {
             .filter(|&id| id & 1 == self.parity && id > last_id)
             .collect();
         for id in refused {
-            self.pending_open.remove(&id);
-            if let Some(s) = self.streams.get_mut(&id) {
-                s.set(RESET_RECV);
-                s.reset_code = ErrorCode::REFUSED.0;
-                clear_send(&mut self.bufs, id);
-                clear_recv(&mut self.bufs, id);
-                if !s.has(APP_CLOSED) {
-                    self.events.push_back(Event::Reset {
-                        id,
-                        code: ErrorCode::REFUSED,
-                    });
-                }
-                self.release_window(id);
-                self.maybe_free(id);
-            }
+            self.reset_by_peer(id, ErrorCode::REFUSED);
         }
         self.events.push_back(Event::GoAway {
             last_id,
