@@ -72,8 +72,8 @@ fn main() -> std::io::Result<()> {
     let server_ends = acceptor.join().expect("acceptor")?;
     let elapsed = t.elapsed();
     let rss1 = rss_bytes();
-    let (_, cs) = client.stats()?;
-    let (_, ss) = server.stats()?;
+    let cs = client.stats()?.streams;
+    let ss = server.stats()?.streams;
     println!(
         "{n} streams opened and echoed in {:.2} s ({:.0} streams/s); open now: client {cs}, server {ss}",
         elapsed.as_secs_f64(),

@@ -52,11 +52,15 @@
 mod pipe;
 mod stream;
 
-pub use astranet_engine::{Addr, NodeId, Role, RouteEvent, RouteInfo, ServiceEvent, ServiceInfo};
+pub use astranet_engine::{
+    Addr, Limits, NodeId, NodeStats, Role, RouteEvent, RouteInfo, ServiceEvent, ServiceInfo,
+};
 pub use pipe::{pipe, PipeEnd, PipeReader, PipeWriter};
 pub use stream::{AsyncStream, Stream, MAX_IN_FLIGHT, MAX_WRITE};
 
-use astranet_engine::{wait_timeout, ListenerRef, NodeConfig, NodeCore, Wait};
+use astranet_engine::{
+    block_on_until, node_gone, wait_timeout, ListenerRef, NodeConfig, NodeCore, Wait,
+};
 use std::any::Any;
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -151,6 +155,27 @@ impl NodeBuilder {
     /// Most accepted streams waiting in one listener before new ones are refused.
     pub fn backlog(mut self, n: usize) -> Self {
         self.cfg.backlog = n;
+        self
+    }
+
+    /// Limits that protect the node from its peers: handshake deadline, links, routes
+    /// and services a peer may announce, send buffers, reset budget, relays, direct
+    /// upgrades. PROTOCOL.md §13 lists each with the reaction when it is exceeded.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let node = astranet::Node::builder()
+    ///     .shards(1)
+    ///     .limits(astranet::Limits {
+    ///         handshake_timeout: Duration::from_secs(2),
+    ///         max_links: 100,
+    ///         ..astranet::Limits::default()
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.cfg.limits = limits;
         self
     }
 
@@ -324,7 +349,7 @@ impl Node {
     pub fn dial_timeout(&self, addr: &str, timeout: Duration) -> io::Result<Stream> {
         let deadline = Instant::now() + timeout;
         let rx = self.inner.core.dial(addr, deadline)?;
-        finish_dial(rx, deadline, addr)
+        finish_dial(&self.inner.core, rx, deadline, addr)
     }
 
     /// Dials a service by name, choosing among its instances by `key`: the same key
@@ -333,41 +358,26 @@ impl Node {
     pub fn dial_key(&self, name: &str, key: &[u8]) -> io::Result<Stream> {
         let deadline = Instant::now() + self.inner.dial_timeout;
         let rx = self.inner.core.dial_with_key(name, Some(key), deadline)?;
-        finish_dial(rx, deadline, name)
+        finish_dial(&self.inner.core, rx, deadline, name)
     }
 
-    /// Dials for async code. The future is `Send`.
+    /// Dials for async code. The future is `Send`, and it waits without a thread: a
+    /// service not announced yet is waited for by the node (up to the dial timeout).
+    ///
+    /// Cancel-safe: dropping the future abandons the dial; a stream that completes
+    /// afterwards is closed.
     pub fn dial_async(
         &self,
         addr: &str,
     ) -> impl Future<Output = io::Result<AsyncStream>> + Send + 'static {
-        let node = self.clone();
-        let addr = addr.to_string();
+        let started = self
+            .inner
+            .core
+            .dial(addr, Instant::now() + self.inner.dial_timeout);
         async move {
-            let deadline = Instant::now() + node.inner.dial_timeout;
-            // Resolving may wait for a service announcement: do that off the caller's
-            // executor only when the service is not known yet.
-            let rx = match node.inner.core.dial(&addr, Instant::now()) {
-                Ok(rx) => rx,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    let (tx, rx) = futures_channel::oneshot::channel();
-                    let n = node.clone();
-                    let a = addr.clone();
-                    std::thread::spawn(move || {
-                        let _ = tx.send(n.inner.core.dial(&a, deadline));
-                    });
-                    rx.await.map_err(|_| {
-                        io::Error::new(io::ErrorKind::ConnectionAborted, "node is shut down")
-                    })??
-                }
-                Err(e) => return Err(e),
-            };
-            match rx.await {
+            match started?.await {
                 Ok(r) => r.map(AsyncStream::new),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "node is shut down",
-                )),
+                Err(_) => Err(node_gone()),
             }
         }
     }
@@ -397,8 +407,15 @@ impl Node {
         }
     }
 
-    /// Links (counting the node's own loopback pair) and streams holding state.
-    pub fn stats(&self) -> io::Result<(usize, usize)> {
+    /// Node-wide figures: links, streams, what peers announced, limits hit.
+    ///
+    /// ```
+    /// let node = astranet::Node::builder().shards(1).build()?;
+    /// let s = node.stats()?;
+    /// assert_eq!((s.links, s.origins), (0, 0));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn stats(&self) -> io::Result<NodeStats> {
         self.inner.core.stats()
     }
 
@@ -412,12 +429,19 @@ impl Node {
 /// Waits for a dial's answer until `deadline`. On timeout the receiver is dropped,
 /// which makes the shard close the stream should it still complete.
 fn finish_dial(
+    core: &NodeCore,
     rx: futures_channel::oneshot::Receiver<io::Result<astranet_engine::StreamRef>>,
     deadline: Instant,
     addr: &str,
 ) -> io::Result<Stream> {
     match wait_timeout(rx, Some(deadline)) {
         Wait::Done(r) => r.map(Stream::new),
+        // The node answers a dial for an unknown service with NotFound at the same
+        // deadline; say so rather than race it.
+        Wait::TimedOut(_) if !core.is_known(addr) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no service {addr:?} is known"),
+        )),
         Wait::TimedOut(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("dial {addr:?} timed out"),
@@ -432,20 +456,11 @@ pub struct Watch<T> {
 }
 
 impl<T> Watch<T> {
-    /// The next change, waiting at most `timeout`.
+    /// The next change, waiting at most `timeout` (`None` on timeout or once the node
+    /// is shut down).
     pub fn next_timeout(&self, timeout: Duration) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.rx.try_recv() {
-                Ok(v) => return Some(v),
-                Err(async_channel::TryRecvError::Closed) => return None,
-                Err(async_channel::TryRecvError::Empty) => {}
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let mut next = std::pin::pin!(self.rx.recv());
+        block_on_until(&mut next, Some(Instant::now() + timeout))?.ok()
     }
 
     /// The next change, for async code (`None` once the node is shut down).
@@ -480,31 +495,17 @@ impl Listener {
     pub fn accept(&self) -> io::Result<Stream> {
         match self.l.queue().recv_blocking() {
             Ok(i) => Ok(Stream::new(i.stream)),
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "node is shut down",
-            )),
+            Err(_) => Err(node_gone()),
         }
     }
 
     /// Waits up to `timeout` for the next stream.
     pub fn accept_timeout(&self, timeout: Duration) -> io::Result<Stream> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.l.queue().try_recv() {
-                Ok(i) => return Ok(Stream::new(i.stream)),
-                Err(async_channel::TryRecvError::Closed) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "node is shut down",
-                    ))
-                }
-                Err(async_channel::TryRecvError::Empty) => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "accept timed out"));
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        let mut next = std::pin::pin!(self.l.queue().recv());
+        match block_on_until(&mut next, Some(Instant::now() + timeout)) {
+            Some(Ok(i)) => Ok(Stream::new(i.stream)),
+            Some(Err(_)) => Err(node_gone()),
+            None => Err(io::Error::new(io::ErrorKind::TimedOut, "accept timed out")),
         }
     }
 
@@ -551,10 +552,7 @@ impl AsyncListener {
     pub async fn accept(&self) -> io::Result<AsyncStream> {
         match self.l.queue().recv().await {
             Ok(i) => Ok(AsyncStream::new(i.stream)),
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "node is shut down",
-            )),
+            Err(_) => Err(node_gone()),
         }
     }
 

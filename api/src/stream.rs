@@ -8,9 +8,8 @@
 //! the stream within its credit. So a writer is held back by the peer's window, and
 //! what a stream buffers beyond that window is bounded.
 
-use astranet_engine::{wait_timeout, Addr, Chunks, StreamRef, Wait};
+use astranet_engine::{node_gone as gone, wait_timeout, Addr, Chunks, Rx, StreamRef, Wait};
 use bytes::Bytes;
-use futures_channel::oneshot;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -25,12 +24,6 @@ pub const MAX_WRITE: usize = 256 * 1024;
 pub const MAX_IN_FLIGHT: usize = 1024 * 1024;
 /// The most bytes one `read` asks the shard for (the rest stays queued there).
 const READ_CHUNK: usize = 1024 * 1024;
-
-type Rx<T> = oneshot::Receiver<io::Result<T>>;
-
-fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "node is shut down")
-}
 
 fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))

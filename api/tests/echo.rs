@@ -65,7 +65,7 @@ fn echo_many(client: &Node, server: &Node, n: usize) {
     }
     assert!(
         eventually(Duration::from_secs(10), || {
-            client.stats().unwrap().1 == 0 && server.stats().unwrap().1 == 0
+            client.stats().unwrap().streams == 0 && server.stats().unwrap().streams == 0
         }),
         "all stream state freed: {:?} {:?}",
         client.stats(),

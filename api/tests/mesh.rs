@@ -189,7 +189,7 @@ fn ring_of_five_takes_the_shortest_path_and_reroutes() {
     // Nothing loops or lingers: every relayed stream's state is freed everywhere.
     assert!(
         eventually(Duration::from_secs(5), || {
-            nodes.iter().all(|n| n.stats().unwrap().1 == 0)
+            nodes.iter().all(|n| n.stats().unwrap().streams == 0)
         }),
         "{:?}",
         nodes.iter().map(|n| n.stats().unwrap()).collect::<Vec<_>>()
@@ -253,7 +253,7 @@ fn service_churn_never_reaches_withdrawn_services_and_leaks_nothing() {
         !a.services().iter().any(|s| s.name.starts_with("churn"))
     }));
     assert!(eventually(Duration::from_secs(5), || {
-        a.stats().unwrap().1 == 0 && b.stats().unwrap().1 == 0
+        a.stats().unwrap().streams == 0 && b.stats().unwrap().streams == 0
     }));
 }
 

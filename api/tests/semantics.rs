@@ -111,8 +111,8 @@ fn dropping_a_stream_is_seen_and_frees_state_on_both_sides() {
         streams.push(client.dial(&format!("{}:10", server.id())).unwrap());
     }
     let accepted: Vec<_> = (0..100).map(|_| l.accept().unwrap()).collect();
-    assert_eq!(client.stats().unwrap().1, 100);
-    assert_eq!(server.stats().unwrap().1, 100);
+    assert_eq!(client.stats().unwrap().streams, 100);
+    assert_eq!(server.stats().unwrap().streams, 100);
     // The client drops its ends: the server reads EOF.
     drop(streams);
     for mut s in accepted {
@@ -120,7 +120,7 @@ fn dropping_a_stream_is_seen_and_frees_state_on_both_sides() {
         assert_eq!(s.read(&mut b).unwrap(), 0);
     }
     assert!(eventually(Duration::from_secs(5), || {
-        client.stats().unwrap().1 == 0 && server.stats().unwrap().1 == 0
+        client.stats().unwrap().streams == 0 && server.stats().unwrap().streams == 0
     }));
 }
 
@@ -198,7 +198,9 @@ fn silent_stall_fails_streams_within_the_keepalive_timeout() {
 fn slow_reader_does_not_stall_other_streams() {
     let (client, server) = tcp_pair();
     let l = server.bind(":13").unwrap();
-    let mut slow = client.dial(&format!("{}:13", server.id())).unwrap();
+    let mut slow = client
+        .dial(&format!("{}:13", server.id()))
+        .expect("dial slow");
     let _slow_server_end = l.accept().unwrap(); // never read
     slow.set_write_timeout(Some(Duration::from_millis(500)))
         .unwrap();

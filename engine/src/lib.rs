@@ -2,7 +2,8 @@
 //!
 //! - [`proto`]: the sans-IO protocol core (codec, link and stream state machines,
 //!   flow control, keep-alive), specified in `PROTOCOL.md`.
-//! - [`node`]: the thread-per-core runtime around it (glommio shards, links, handles).
+//! - [`node`]: the thread-per-core runtime around it (glommio shards, links, handles,
+//!   and the control plane: routing and discovery).
 
 #![warn(missing_docs)]
 
@@ -11,7 +12,8 @@ pub mod proto;
 mod types;
 
 pub use node::{
-    wait_timeout, Chunks, Incoming, ListenerRef, NodeConfig, NodeCore, Role, RouteEvent, RouteInfo,
-    ServiceEvent, ServiceInfo, StreamRef, Wait,
+    block_on_until, node_gone, wait_timeout, Chunks, Incoming, Limits, ListenerRef, NodeConfig,
+    NodeCore, NodeStats, Role, RouteEvent, RouteInfo, Rx, ServiceEvent, ServiceInfo, StreamRef,
+    Wait,
 };
 pub use types::{valid_name, Addr, BindSpec, NodeId, ParseError, Target};

@@ -1,6 +1,6 @@
-//! Blocking waits on replies from a shard, with optional deadlines.
+//! Blocking waits on futures (shard replies, listener queues, watches), with optional
+//! deadlines: the thread parks until its waker is called or the deadline passes.
 
-use futures_channel::oneshot;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,21 +26,17 @@ thread_local! {
 /// Outcome of a blocking wait.
 pub(crate) enum Waited<T> {
     Done(T),
-    /// The shard dropped the reply (it stopped).
-    Gone,
-    /// The deadline passed; the receiver is still usable.
+    /// The deadline passed; the future is still usable.
     TimedOut,
 }
 
-/// Blocks the calling thread until the reply arrives or `deadline` passes.
-pub(crate) fn wait<T>(rx: &mut oneshot::Receiver<T>, deadline: Option<Instant>) -> Waited<T> {
+/// Blocks the calling thread until `fut` completes or `deadline` passes.
+pub(crate) fn wait<F: Future + Unpin>(fut: &mut F, deadline: Option<Instant>) -> Waited<F::Output> {
     WAKER.with(|waker| {
         let mut cx = Context::from_waker(waker);
         loop {
-            match Pin::new(&mut *rx).poll(&mut cx) {
-                Poll::Ready(Ok(v)) => return Waited::Done(v),
-                Poll::Ready(Err(_)) => return Waited::Gone,
-                Poll::Pending => {}
+            if let Poll::Ready(v) = Pin::new(&mut *fut).poll(&mut cx) {
+                return Waited::Done(v);
             }
             match deadline {
                 None => std::thread::park(),

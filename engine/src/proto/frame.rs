@@ -117,6 +117,8 @@ impl ErrorCode {
     pub const SHUTDOWN: Self = Self(14);
     /// Keep-alive timeout.
     pub const TIMEOUT: Self = Self(15);
+    /// The peer reset or had refused too many streams (PROTOCOL.md §13).
+    pub const EXCESSIVE_RESETS: Self = Self(16);
 
     /// A short lowercase name, or "unknown".
     pub fn name(self) -> &'static str {
@@ -137,6 +139,7 @@ impl ErrorCode {
             13 => "stream ids exhausted",
             14 => "shutting down",
             15 => "keep-alive timeout",
+            16 => "too many reset streams",
             _ => "unknown",
         }
     }

@@ -40,6 +40,18 @@ pub struct LinkConfig {
     /// For a node's in-process link to itself: accept a peer with our own node id and
     /// use this stream id parity (the two ends pass 0 and 1). `None` for real links.
     pub self_link_parity: Option<u64>,
+    /// The peer's preamble and HELLO must arrive within this time of the link's
+    /// creation, however the bytes trickle in (PROTOCOL.md §13).
+    pub handshake_timeout: Duration,
+    /// Most bytes queued to send on one stream, whatever window the peer grants.
+    pub max_stream_send_buffer: u32,
+    /// Most bytes queued to send on the whole link.
+    pub max_link_send_buffer: u64,
+    /// Streams the peer may reset before we accepted them, or that we refuse, per
+    /// `reset_window`; beyond, GOAWAY EXCESSIVE_RESETS ends the link.
+    pub max_reset_streams: u32,
+    /// The window `max_reset_streams` counts over.
+    pub reset_window: Duration,
 }
 
 impl Default for LinkConfig {
@@ -55,6 +67,11 @@ impl Default for LinkConfig {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(30),
             self_link_parity: None,
+            handshake_timeout: Duration::from_secs(5),
+            max_stream_send_buffer: 4 * 1024 * 1024,
+            max_link_send_buffer: 32 * 1024 * 1024,
+            max_reset_streams: 1000,
+            reset_window: Duration::from_secs(10),
         }
     }
 }
@@ -103,6 +120,12 @@ pub enum LinkError {
     /// Both sides finished after a GOAWAY: a graceful end.
     #[error("link closed gracefully")]
     Graceful,
+    /// The peer did not read what we had for it for this long.
+    #[error("peer stopped reading: nothing could be written for {0:?}")]
+    WriteStall(Duration),
+    /// The peer went past one of our limits (PROTOCOL.md §13).
+    #[error("peer exceeded a limit: {0}")]
+    Limit(&'static str),
 }
 
 /// Why a stream operation failed.
@@ -239,6 +262,16 @@ pub struct Link {
     ping_counter: u64,
     goaway_sent: Option<StreamId>,
     goaway_recv: Option<StreamId>,
+    /// The handshake must be done by then.
+    handshake_deadline: Instant,
+    /// Bytes queued to send over all streams (bounded by `max_link_send_buffer`).
+    send_queued: u64,
+    /// Streams waiting for room in the link's send buffer, oldest first.
+    link_blocked: VecDeque<StreamId>,
+    /// Resets counted against `max_reset_streams`: (window start, count).
+    resets: (Instant, u32),
+    /// The latest time passed in.
+    now: Instant,
 }
 
 impl Link {
@@ -262,6 +295,7 @@ impl Link {
             &mut ctrl,
         );
         let ping_interval = cfg.keepalive_interval;
+        let cfg_handshake = cfg.handshake_timeout;
         Self {
             peer_credit: cfg.max_streams,
             cfg,
@@ -289,6 +323,11 @@ impl Link {
             ping_counter: 0,
             goaway_sent: None,
             goaway_recv: None,
+            handshake_deadline: now + cfg_handshake,
+            send_queued: 0,
+            link_blocked: VecDeque::new(),
+            resets: (now, 0),
+            now,
         }
     }
 
@@ -336,6 +375,7 @@ impl Link {
         if self.phase == Phase::Closed {
             return Err(self.closed.clone().unwrap_or(LinkError::Graceful));
         }
+        self.now = self.now.max(now);
         if !data.is_empty() {
             // Any byte counts as liveness.
             self.last_recv = now;
@@ -347,6 +387,7 @@ impl Link {
             Err(e) => {
                 let code = match e {
                     LinkError::Frame(FrameError::TooLarge { .. }) => ErrorCode::FRAME_SIZE,
+                    LinkError::Limit(_) => ErrorCode::EXCESSIVE_RESETS,
                     _ => ErrorCode::PROTOCOL,
                 };
                 self.send_goaway_frame(code, &e.to_string());
@@ -532,9 +573,9 @@ impl Link {
             None
         };
         if let Some(code) = refuse {
-            // This stream only: the link carries on.
+            // This stream only: the link carries on, within the reset budget.
             self.send_reset_frame(id, code);
-            return Ok(());
+            return self.count_reset();
         }
         let peer_window = self.peer.as_ref().map_or(0, |p| p.initial_window);
         let mut s = Stream {
@@ -617,7 +658,7 @@ impl Link {
             s.set(SCHEDULED);
             self.ready.push_back(id);
         }
-        if s.has(WRITE_BLOCKED) && s.send_credit as usize > slen(&self.bufs, id) {
+        if s.has(WRITE_BLOCKED) && stream_room(s, slen(&self.bufs, id), &self.cfg) > 0 {
             s.clear(WRITE_BLOCKED);
             self.events.push_back(Event::Writable(id));
         }
@@ -625,10 +666,33 @@ impl Link {
     }
 
     fn on_reset(&mut self, id: StreamId, code: ErrorCode) -> Result<(), LinkError> {
-        if !self.streams.contains_key(&id) {
+        let Some(s) = self.streams.get(&id) else {
             return self.check_unknown(id);
-        }
+        };
+        // A stream the peer opened and reset before we accepted it cost us work for
+        // nothing (HTTP/2 "rapid reset"): it counts against the reset budget.
+        let unaccepted = !s.has(LOCAL) && !s.has(ACCEPTED) && !s.is_reset();
         self.reset_by_peer(id, code);
+        if unaccepted {
+            self.count_reset()?;
+        }
+        Ok(())
+    }
+
+    /// Counts a stream that was reset before it was accepted, or refused, against
+    /// `max_reset_streams` per `reset_window` (PROTOCOL.md §13).
+    fn count_reset(&mut self) -> Result<(), LinkError> {
+        let (start, n) = &mut self.resets;
+        if self.now.saturating_duration_since(*start) >= self.cfg.reset_window {
+            *start = self.now;
+            *n = 0;
+        }
+        *n += 1;
+        if *n > self.cfg.max_reset_streams {
+            return Err(LinkError::Limit(
+                "too many streams reset before they were accepted, or refused",
+            ));
+        }
         Ok(())
     }
 
@@ -643,6 +707,7 @@ impl Link {
         }
         s.set(RESET_RECV);
         s.reset_code = code.0;
+        self.send_queued -= slen(&self.bufs, id) as u64;
         clear_send(&mut self.bufs, id);
         // Data the peer finished sending before it reset stays readable: the reset
         // only stops our direction (like a write to a closed TCP socket).
@@ -748,10 +813,41 @@ impl Link {
 
     /// Refuses a peer's stream with `code` (e.g. REFUSED: nobody listens).
     pub fn refuse(&mut self, id: StreamId, code: ErrorCode) {
-        if let Some(s) = self.streams.get_mut(&id) {
-            s.set(APP_CLOSED);
-        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.set(APP_CLOSED);
+        // Already reset by the peer (OPEN then RESET in one read): nothing to send,
+        // but the state must still go, and the refusal was counted at the RESET.
+        let counted = s.is_reset();
         self.reset_stream(id, code, false);
+        self.maybe_free(id);
+        if !counted {
+            if let Err(e) = self.count_reset() {
+                self.fail(e);
+            }
+        }
+    }
+
+    /// Ends the link for a fault found outside `handle_input`: GOAWAY with the code
+    /// that names it, then [`Event::Closed`].
+    fn fail(&mut self, e: LinkError) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let code = match e {
+            LinkError::Limit(_) => ErrorCode::EXCESSIVE_RESETS,
+            LinkError::Timeout(_) | LinkError::WriteStall(_) => ErrorCode::TIMEOUT,
+            _ => ErrorCode::PROTOCOL,
+        };
+        self.send_goaway_frame(code, &e.to_string());
+        self.close_link(e);
+    }
+
+    /// The IO shell could write nothing to the transport for `stalled`: the peer does
+    /// not read. Ends the link, so a zombie peer cannot pin our buffers.
+    pub fn write_stalled(&mut self, stalled: Duration) {
+        self.fail(LinkError::WriteStall(stalled));
     }
 
     /// Queues data; returns how many bytes were taken (0 when the stream's credit is
@@ -765,13 +861,25 @@ impl Link {
         if s.has(FIN_QUEUED) || s.has(APP_CLOSED) {
             return Err(StreamError::Finished);
         }
-        let room = (s.send_credit as usize).saturating_sub(slen(&self.bufs, id));
-        let n = room.min(data.len());
+        // What we queue is bounded by our own limits, not only by the window the peer
+        // grants: a peer advertising 4 GiB and never reading must not make us hold it.
+        let queued = slen(&self.bufs, id);
+        let stream_room = stream_room(s, queued, &self.cfg);
+        let link_room = self
+            .cfg
+            .max_link_send_buffer
+            .saturating_sub(self.send_queued) as usize;
+        let n = stream_room.min(link_room).min(data.len());
         if n < data.len() {
             s.set(WRITE_BLOCKED);
+            if link_room < stream_room && !s.has(LINK_WAIT) {
+                s.set(LINK_WAIT);
+                self.link_blocked.push_back(id);
+            }
         }
         if n > 0 {
             push_send(&mut self.bufs, id, data.split_to(n));
+            self.send_queued += n as u64;
             if !s.has(SCHEDULED) {
                 s.set(SCHEDULED);
                 self.ready.push_back(id);
@@ -783,8 +891,17 @@ impl Link {
     /// Bytes that [`Link::send`] would take right now.
     pub fn send_capacity(&self, id: StreamId) -> usize {
         self.streams.get(&id).map_or(0, |s| {
-            (s.send_credit as usize).saturating_sub(slen(&self.bufs, id))
+            let link_room = self
+                .cfg
+                .max_link_send_buffer
+                .saturating_sub(self.send_queued);
+            stream_room(s, slen(&self.bufs, id), &self.cfg).min(link_room as usize)
         })
+    }
+
+    /// Bytes queued to send over all streams of the link.
+    pub fn send_queued(&self) -> u64 {
+        self.send_queued
     }
 
     /// Half-closes our direction after queued data (FIN).
@@ -947,6 +1064,7 @@ impl Link {
         }
         s.set(RESET_SENT);
         s.reset_code = code.0;
+        self.send_queued -= slen(&self.bufs, id) as u64;
         clear_send(&mut self.bufs, id);
         clear_recv(&mut self.bufs, id);
         let tell = notify && !s.has(APP_CLOSED);
@@ -1070,6 +1188,8 @@ impl Link {
         self.phase = Phase::Closed;
         self.streams.clear();
         self.bufs.clear();
+        self.send_queued = 0;
+        self.link_blocked.clear();
         self.pending_open.clear();
         self.ready.clear();
         self.closed = Some(why.clone());
@@ -1121,9 +1241,11 @@ impl Link {
                 frame::put_open_header(out, id, fin, &header, n);
                 s.clear(OPEN_PENDING);
                 write_payload(s, &mut self.bufs, id, out, n, fin);
+                self.send_queued -= n as u64;
             } else {
                 frame::put_header(out, FrameType::Data, if fin { FLAG_FIN } else { 0 }, n, id);
                 write_payload(s, &mut self.bufs, id, out, n, fin);
+                self.send_queued -= n as u64;
             }
             let again = !s.has(FIN_SENT)
                 && ((slen(&self.bufs, id) > 0 && s.send_credit > 0)
@@ -1131,6 +1253,15 @@ impl Link {
             if again {
                 s.set(SCHEDULED);
                 self.ready.push_back(id);
+            }
+            // Our per-stream bound held the writer back: let it go on once half the
+            // queue is out.
+            if s.has(WRITE_BLOCKED)
+                && slen(&self.bufs, id) <= self.cfg.max_stream_send_buffer as usize / 2
+                && stream_room(s, slen(&self.bufs, id), &self.cfg) > 0
+            {
+                s.clear(WRITE_BLOCKED);
+                self.events.push_back(Event::Writable(id));
             }
             if s.has(FIN_SENT) {
                 if s.has(APP_CLOSED) && s.has(DISCARDED) && !s.remote_done() {
@@ -1140,12 +1271,30 @@ impl Link {
                 }
             }
         }
+        self.wake_link_blocked();
         // Frames produced while sending (a RESET, or open credit after a stream freed).
         if !self.ctrl.is_empty() {
             out.put_slice(&self.ctrl.split());
         }
         self.compact();
         out.len() - start
+    }
+
+    /// Streams held back by the link's send bound go on once half of it is free.
+    fn wake_link_blocked(&mut self) {
+        while self.send_queued <= self.cfg.max_link_send_buffer / 2 {
+            let Some(id) = self.link_blocked.pop_front() else {
+                return;
+            };
+            let Some(s) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            s.clear(LINK_WAIT);
+            if s.has(WRITE_BLOCKED) && !s.is_reset() {
+                s.clear(WRITE_BLOCKED);
+                self.events.push_back(Event::Writable(id));
+            }
+        }
     }
 
     /// Gives back memory after a burst: the maps of transient entries (queued bytes,
@@ -1168,21 +1317,46 @@ impl Link {
 
     /// When [`Link::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.phase == Phase::Closed {
-            return None;
+        match self.phase {
+            Phase::Closed => None,
+            Phase::Handshake => Some(self.handshake_deadline),
+            Phase::Open => {
+                let dead = self.last_recv + self.cfg.keepalive_timeout;
+                let probe = match self.ping_sent_at {
+                    Some(_) => dead,
+                    None => self.last_recv + self.ping_interval,
+                };
+                Some(dead.min(probe))
+            }
         }
-        let dead = self.last_recv + self.cfg.keepalive_timeout;
-        let probe = match self.ping_sent_at {
-            Some(_) => dead,
-            None => self.last_recv + self.ping_interval,
-        };
-        Some(dead.min(probe))
     }
 
-    /// Acts on timers: probes an idle link with PING, declares a silent one dead.
+    /// True if nothing was heard from the peer for the keep-alive timeout. An IO shell
+    /// that may have been busy should first look at its transport (the peer's bytes
+    /// may be waiting there, unread by us) and call [`Link::handle_timeout`] only if
+    /// it found nothing: the keep-alive judges the peer's silence, not our own delay.
+    pub fn silence_expired(&self, now: Instant) -> bool {
+        self.phase == Phase::Open
+            && now.saturating_duration_since(self.last_recv) >= self.cfg.keepalive_timeout
+    }
+
+    /// Acts on timers: ends a handshake past its deadline, probes an idle link with
+    /// PING, declares a silent one dead.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.phase == Phase::Closed {
-            return;
+        self.now = self.now.max(now);
+        match self.phase {
+            Phase::Closed => return,
+            Phase::Handshake => {
+                if now >= self.handshake_deadline {
+                    self.send_goaway_frame(ErrorCode::TIMEOUT, "handshake timeout");
+                    self.close_link(LinkError::Handshake(format!(
+                        "no HELLO from the peer within {:?}",
+                        self.cfg.handshake_timeout
+                    )));
+                }
+                return;
+            }
+            Phase::Open => {}
         }
         let silent = now.saturating_duration_since(self.last_recv);
         if silent >= self.cfg.keepalive_timeout {
@@ -1225,6 +1399,13 @@ fn write_payload(
     if fin {
         s.set(FIN_SENT);
     }
+}
+
+/// Bytes a stream may still queue: within the peer's credit and our per-stream bound.
+fn stream_room(s: &Stream, queued: usize, cfg: &LinkConfig) -> usize {
+    (s.send_credit as usize)
+        .min(cfg.max_stream_send_buffer as usize)
+        .saturating_sub(queued)
 }
 
 fn dur_ms(d: Duration) -> u32 {

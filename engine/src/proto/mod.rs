@@ -4,10 +4,12 @@
 //! current time in and takes bytes and [`Event`]s out. `PROTOCOL.md` at the repository
 //! root is the specification this code implements.
 
+mod bufqueue;
 pub mod frame;
 mod link;
 mod stream;
 
+pub use bufqueue::BufQueue;
 pub use frame::{
     ErrorCode, Frame, FrameError, OpenHeader, RouteEntry, ServiceOp, ServicesUpdate, StreamId,
 };

@@ -4,79 +4,10 @@
 //! costs its map entry and nothing on the heap. Buffers hold `Bytes` chunks, so data is
 //! never copied inside the core.
 
+pub(crate) use super::bufqueue::BufQueue;
 use super::frame::StreamId;
 use bytes::Bytes;
 use hashbrown::HashMap;
-use std::collections::VecDeque;
-
-/// A FIFO of byte chunks that keeps its first chunk inline and allocates only when two
-/// or more chunks are queued at once.
-#[derive(Debug, Default)]
-pub(crate) struct BufQueue {
-    first: Bytes,
-    rest: Option<Box<Rest>>,
-}
-
-#[derive(Debug, Default)]
-struct Rest {
-    chunks: VecDeque<Bytes>,
-    bytes: usize,
-}
-
-impl BufQueue {
-    /// Queued bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.first.len() + self.rest.as_ref().map_or(0, |r| r.bytes)
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.first.is_empty()
-    }
-
-    /// Appends a chunk (empty chunks are dropped).
-    pub(crate) fn push(&mut self, b: Bytes) {
-        if b.is_empty() {
-            return;
-        }
-        if self.first.is_empty() {
-            self.first = b;
-            return;
-        }
-        let rest = self.rest.get_or_insert_with(Default::default);
-        rest.bytes += b.len();
-        rest.chunks.push_back(b);
-    }
-
-    /// Takes up to `max` bytes off the front, zero-copy (one chunk or part of it).
-    pub(crate) fn pop(&mut self, max: usize) -> Option<Bytes> {
-        if self.first.is_empty() || max == 0 {
-            return None;
-        }
-        let out = if self.first.len() <= max {
-            std::mem::take(&mut self.first)
-        } else {
-            return Some(self.first.split_to(max));
-        };
-        // Refill `first` from the overflow queue; the queue's allocation is kept while
-        // it is busy and released once it runs dry, so an idle stream holds no heap.
-        if let Some(rest) = self.rest.as_mut() {
-            if let Some(next) = rest.chunks.pop_front() {
-                rest.bytes -= next.len();
-                self.first = next;
-            }
-            if rest.chunks.is_empty() {
-                self.rest = None;
-            }
-        }
-        Some(out)
-    }
-
-    /// Drops everything.
-    pub(crate) fn clear(&mut self) {
-        self.first = Bytes::new();
-        self.rest = None;
-    }
-}
 
 // Stream flag bits.
 pub(crate) const ACCEPTED: u16 = 1 << 0;
@@ -92,6 +23,8 @@ pub(crate) const READ_NOTIFIED: u16 = 1 << 9;
 pub(crate) const WRITE_BLOCKED: u16 = 1 << 10;
 pub(crate) const SCHEDULED: u16 = 1 << 11;
 pub(crate) const LOCAL: u16 = 1 << 12;
+/// Queued in `Link::link_blocked`, waiting for room in the link's send buffer.
+pub(crate) const LINK_WAIT: u16 = 1 << 13;
 
 /// A stream's queued bytes, kept apart from [`Stream`] and only while non-empty.
 #[derive(Debug, Default)]
@@ -215,22 +148,5 @@ mod tests {
         let entry = std::mem::size_of::<(u64, Stream)>() + 1;
         assert!(entry <= 40, "idle stream entry is {entry} bytes");
         assert!(2 * entry <= 128);
-    }
-
-    #[test]
-    fn bufqueue_fifo_and_frees_overflow() {
-        let mut q = BufQueue::default();
-        q.push(Bytes::from_static(b"abc"));
-        q.push(Bytes::from_static(b"de"));
-        q.push(Bytes::new());
-        q.push(Bytes::from_static(b"f"));
-        assert_eq!(q.len(), 6);
-        assert_eq!(q.pop(2).unwrap(), "ab");
-        assert_eq!(q.pop(10).unwrap(), "c");
-        assert_eq!(q.pop(10).unwrap(), "de");
-        assert!(q.rest.is_none());
-        assert_eq!(q.pop(10).unwrap(), "f");
-        assert!(q.pop(10).is_none());
-        assert_eq!(q.len(), 0);
     }
 }

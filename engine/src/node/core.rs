@@ -1,0 +1,596 @@
+//! [`NodeCore`]: starting a node's shards, linking, binding, dialing, stopping.
+//!
+//! User threads run this code. They never take a lock a shard thread takes: they push
+//! commands into shard inboxes, read the published view, and lock only the registry
+//! of their own binds.
+
+use super::config::{NodeConfig, Role};
+use super::control::Msg;
+use super::dial::DialWait;
+use super::discovery::{Entry, ADDR_ENV};
+use super::errors::node_gone;
+use super::handle::{ListenerRef, Rx};
+use super::inbox::Inbox;
+use super::io::ThreadIo;
+use super::listeners::{ListenerEntry, Registry};
+use super::shard::Shard;
+use super::view::{self, RouteEvent, RouteInfo, ServiceEvent, ServiceInfo};
+use super::watch::WATCH_BACKLOG;
+use super::{wait_api::wait_timeout, wait_api::Wait, Cmd, NodeShared, Transport0};
+use crate::proto::{ErrorCode, LinkError};
+use crate::types::{Addr, BindSpec, NodeId, Target};
+use bytes::Bytes;
+use futures_channel::oneshot;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Node-wide figures, from [`NodeCore::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Links to other nodes, established or in handshake (not the node's own
+    /// loopback pair).
+    pub links: usize,
+    /// Of `links`, those still in their handshake.
+    pub handshaking: usize,
+    /// Streams holding state, on every link (the loopback pair included).
+    pub streams: usize,
+    /// Remote origins whose services this node holds.
+    pub origins: usize,
+    /// Remote service entries held (all envs, address records included).
+    pub service_entries: usize,
+    /// Nodes this node has a route to.
+    pub routes: usize,
+    /// Times a peer hit one of this node's limits since it started.
+    pub limit_hits: u64,
+}
+
+/// Blocking wait for a reply that carries an `io::Result`.
+pub(crate) fn wait_reply<T>(
+    rx: oneshot::Receiver<io::Result<T>>,
+    deadline: Option<Instant>,
+) -> io::Result<T> {
+    match wait_timeout(rx, deadline) {
+        Wait::Done(r) => r,
+        Wait::TimedOut(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+    }
+}
+
+/// The entry a service name is announced as.
+fn service_entry(env: &str, name: &str, port: u32) -> Entry {
+    Entry {
+        env: Bytes::copy_from_slice(env.as_bytes()),
+        name: Bytes::copy_from_slice(name.as_bytes()),
+        port,
+    }
+}
+
+/// An address record (PROTOCOL.md §10.5).
+fn addr_entry(addr: &str) -> Entry {
+    Entry {
+        env: Bytes::from_static(ADDR_ENV.as_bytes()),
+        name: Bytes::from(format!("tcp:{addr}")),
+        port: 0,
+    }
+}
+
+impl NodeShared {
+    pub(crate) fn unbind(&self, port: u32) {
+        let env = self.cfg.env.clone();
+        let name = self
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(port, |n| service_entry(&env, n, port).wire_len());
+        self.push_all(|| Cmd::Unlisten(port));
+        if let Some(n) = name {
+            self.control(Msg::Local {
+                announce: false,
+                entry: service_entry(&env, &n, port),
+            });
+        }
+    }
+
+    /// Reconnects a joined address after its link was lost, with backoff. One thread
+    /// per address the user joined (not per peer): it ends once the link is back, or
+    /// when the join can no longer succeed.
+    pub(crate) fn rejoin(self: &Arc<Self>, addr: String, why: LinkError) {
+        let node = self.clone();
+        tracing::warn!(%addr, error = %why, "link lost; reconnecting");
+        let _ = std::thread::Builder::new().name("astranet-rejoin".into()).spawn(move || {
+            let mut delay = Duration::from_millis(50);
+            while !node.stopped.load(Ordering::SeqCst) {
+                std::thread::sleep(delay);
+                match node.connect_link(&addr) {
+                    Ok(peer) => {
+                        tracing::info!(%addr, %peer, "rejoined");
+                        return;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        tracing::error!(%addr, error = %e, "join can no longer succeed; giving up");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%addr, error = %e, retry_in = ?delay, "rejoin failed");
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        });
+    }
+
+    /// Connects once and waits for the handshake.
+    fn connect_link(self: &Arc<Self>, addr: &str) -> io::Result<NodeId> {
+        let s = std::net::TcpStream::connect(addr)?;
+        let rx = self.add_link(Transport0::Std(s), Some(addr.to_string()), false);
+        wait_reply(rx, Some(Instant::now() + self.cfg.join_timeout))
+    }
+
+    /// An accepted connection: linked, unless the node is at its link or handshake
+    /// cap (then it is closed at once, PROTOCOL.md §13).
+    fn accepted(&self, s: std::net::TcpStream) {
+        let l = &self.cfg.limits;
+        let links = self.links.fetch_add(1, Ordering::Relaxed);
+        let hs = self.handshaking.fetch_add(1, Ordering::Relaxed);
+        if links >= l.max_links || hs >= l.max_handshaking {
+            self.links.fetch_sub(1, Ordering::Relaxed);
+            self.handshaking.fetch_sub(1, Ordering::Relaxed);
+            self.hit_limit(
+                if links >= l.max_links {
+                    "links"
+                } else {
+                    "connections in handshake"
+                },
+                1,
+            );
+            drop(s);
+            return;
+        }
+        // The handshake result is reported by the link itself.
+        drop(self.add_link(Transport0::Std(s), None, true));
+    }
+}
+
+/// The engine side of a node: start, link, bind, dial, stop.
+#[derive(Clone)]
+pub struct NodeCore {
+    shared: Arc<NodeShared>,
+}
+
+impl NodeCore {
+    /// Starts the shards.
+    pub fn start(cfg: NodeConfig) -> io::Result<NodeCore> {
+        if cfg.shards == 0 || cfg.shards > 1024 {
+            // (Shard numbers are kept as u16 in stream handles.)
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "shards must be between 1 and 1024",
+            ));
+        }
+        if !cfg.env.is_empty() && !crate::types::valid_name(&cfg.env) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "invalid env {:?}: 1-255 of [A-Za-z0-9._-] starting with a letter",
+                    cfg.env
+                ),
+            ));
+        }
+        let inboxes: Vec<_> = (0..cfg.shards).map(|_| Arc::new(Inbox::new())).collect();
+        let shared = Arc::new(NodeShared {
+            id: cfg.id,
+            inboxes,
+            registry: Mutex::new(Registry::default()),
+            view: view::Published::new(),
+            next_link: AtomicU64::new(3),
+            next_port: AtomicU32::new(1),
+            next_shard: AtomicUsize::new(0),
+            loopback: (0, 1),
+            stopped: AtomicBool::new(false),
+            links: AtomicUsize::new(0),
+            handshaking: AtomicUsize::new(0),
+            limit_hits: AtomicU64::new(0),
+            threads: Mutex::default(),
+            listen_sockets: Mutex::default(),
+            cfg,
+        });
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        for i in 0..shared.cfg.shards {
+            let placement = match cores.get(i % cores.len().max(1)) {
+                Some(c) if shared.cfg.pin_cores => glommio::Placement::Fixed(c.id),
+                _ => glommio::Placement::Unbound,
+            };
+            let node = shared.clone();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let h = glommio::LocalExecutorBuilder::new(placement)
+                .name(&format!("astranet-{i}"))
+                .io_memory(256 << 10)
+                .spawn(move || async move {
+                    // The first timer sleep on an executor is slow (membarrier
+                    // registration): take that cost now, not on a user's first call.
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    let _ = ready_tx.send(());
+                    run_shard(i as u32, node).await;
+                })
+                .map_err(|e| io::Error::other(format!("starting shard {i}: {e}")))?;
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .map_err(|_| io::Error::other(format!("shard {i} did not start")))?;
+            shared
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(std::thread::spawn(move || {
+                    let _ = h.join();
+                }));
+        }
+        // The node's link to itself, so it can dial its own services.
+        shared.push(0, Cmd::AddLoopback { a: 1, b: 2 });
+        Ok(NodeCore { shared })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// This node's env ("" for none).
+    pub fn env(&self) -> &str {
+        &self.shared.cfg.env
+    }
+
+    fn check_running(&self) -> io::Result<()> {
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            Err(node_gone())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Listens for links on a TCP address; returns the address actually bound.
+    pub fn listen(&self, addr: &str) -> io::Result<SocketAddr> {
+        self.check_running()?;
+        let l = std::net::TcpListener::bind(addr)?;
+        let bound = l.local_addr()?;
+        // Advertise where we can be joined (not an unspecified address: peers could not
+        // use it).
+        if self.shared.cfg.direct_upgrade && !bound.ip().is_unspecified() {
+            let a = bound.to_string();
+            self.shared
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .addrs
+                .push(a.clone());
+            self.shared.control(Msg::Local {
+                announce: true,
+                entry: addr_entry(&a),
+            });
+        }
+        let closer = socket2::Socket::from(l.try_clone()?);
+        self.shared
+            .listen_sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(closer);
+        let node = self.shared.clone();
+        // One accept thread per `listen` call (user-chosen, not per peer).
+        std::thread::Builder::new()
+            .name("astranet-accept".into())
+            .spawn(move || {
+                for s in l.incoming() {
+                    if node.stopped.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match s {
+                        Ok(s) => node.accepted(s),
+                        Err(e) if e.kind() == io::ErrorKind::InvalidInput => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            // Out of descriptors, typically: give the node a moment.
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            })?;
+        Ok(bound)
+    }
+
+    /// Joins a node listening at `addr`, retrying with backoff until the join timeout;
+    /// returns once the link is up. If the link dies later it is re-established.
+    pub fn join(&self, addr: &str) -> io::Result<NodeId> {
+        self.check_running()?;
+        let deadline = Instant::now() + self.shared.cfg.join_timeout;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match self.shared.connect_link(addr) {
+                Ok(peer) => return Ok(peer),
+                Err(e)
+                    if Instant::now() + delay < deadline
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionRefused
+                                | io::ErrorKind::ConnectionReset
+                                | io::ErrorKind::ConnectionAborted
+                        ) =>
+                {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("join {addr}: {e}"))),
+            }
+        }
+    }
+
+    /// Runs a link over a reader and a writer (two halves of one byte stream).
+    pub fn attach_split(
+        &self,
+        reader: Box<dyn Read + Send>,
+        writer: Box<dyn Write + Send>,
+        closer: Option<Box<dyn FnOnce() + Send>>,
+    ) -> io::Result<NodeId> {
+        self.check_running()?;
+        let t = ThreadIo::spawn(reader, writer, closer)?;
+        let rx = self.shared.add_link(Transport0::Threads(t), None, false);
+        wait_reply(rx, Some(Instant::now() + self.shared.cfg.join_timeout))
+    }
+
+    /// Binds a port or service name.
+    pub fn bind(&self, spec: &str) -> io::Result<ListenerRef> {
+        self.check_running()?;
+        let spec = BindSpec::parse(spec)?;
+        let env = &self.shared.cfg.env;
+        let entry_bytes = spec
+            .name
+            .as_ref()
+            .map_or(0, |n| service_entry(env, n, 0).wire_len());
+        let port = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reserve(
+                &spec,
+                || self.shared.ephemeral_port(),
+                entry_bytes,
+                self.shared.cfg.limits.max_update_bytes,
+            )?;
+        let (tx, rx) = async_channel::unbounded();
+        let e = ListenerEntry {
+            port,
+            name: spec.name.clone(),
+            tx,
+        };
+        // Every shard routes to the listener before `bind` returns (a dial right after
+        // it must find it) and before anyone hears of it.
+        let mut acks = Vec::new();
+        self.shared.push_all(|| {
+            let (tx, rx) = oneshot::channel();
+            acks.push(rx);
+            Cmd::Listen(e.clone(), tx)
+        });
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        for rx in acks {
+            wait_reply(rx, deadline)?;
+        }
+        if let Some(n) = &spec.name {
+            self.shared.control(Msg::Local {
+                announce: true,
+                entry: service_entry(env, n, port),
+            });
+        }
+        Ok(ListenerRef {
+            node: self.shared.clone(),
+            port,
+            name: spec.name,
+            rx,
+        })
+    }
+
+    /// Starts a dial. A service not announced yet is waited for until `deadline`,
+    /// then the dial fails with `NotFound`. Nothing blocks here: the reply says how
+    /// the dial ended.
+    pub fn dial(&self, target: &str, deadline: Instant) -> io::Result<Rx<super::StreamRef>> {
+        self.dial_with_key(target, None, deadline)
+    }
+
+    /// Like [`NodeCore::dial`]; among a service's instances, `key` picks the same one
+    /// every time while the set of instances is unchanged (rendezvous hashing).
+    pub fn dial_with_key(
+        &self,
+        target: &str,
+        key: Option<&[u8]>,
+        deadline: Instant,
+    ) -> io::Result<Rx<super::StreamRef>> {
+        self.check_running()?;
+        let t = Target::parse(target)?;
+        let src_port = self.shared.ephemeral_port();
+        let view = self.shared.view.load();
+        let (reply, rx) = oneshot::channel();
+        match self.shared.resolve(&view, &t, src_port, key)? {
+            Some(req) => self.shared.push(req.shard, Cmd::Dial { req, reply }),
+            None => {
+                let Target::Service { name, port } = t else {
+                    unreachable!("only services resolve to nothing")
+                };
+                self.shared.control(Msg::Dial(DialWait {
+                    name,
+                    port,
+                    key: key.map(<[u8]>::to_vec),
+                    src_port,
+                    deadline,
+                    reply,
+                }));
+            }
+        }
+        Ok(rx)
+    }
+
+    /// False if `target` names a service that neither this node nor any reachable
+    /// node announces right now; true for any other target.
+    pub fn is_known(&self, target: &str) -> bool {
+        let Ok(Target::Service { name, port }) = Target::parse(target) else {
+            return true;
+        };
+        let local = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_name
+            .get(&name)
+            .copied();
+        local.is_some_and(|p| port.is_none_or(|w| w == p))
+            || !self.shared.view.load().instances(&name, port).is_empty()
+    }
+
+    /// Services visible to this node (its env only), this node's first.
+    pub fn services(&self) -> Vec<ServiceInfo> {
+        let mut out = Vec::new();
+        if self.shared.cfg.role != Role::Client {
+            let r = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (name, port) in &r.by_name {
+                out.push(ServiceInfo {
+                    name: name.clone(),
+                    addr: Addr {
+                        node: self.shared.id,
+                        port: *port,
+                    },
+                    hops: 0,
+                });
+            }
+        }
+        let view = self.shared.view.load();
+        out.extend(view.services.iter().filter_map(|k| view.service_info(k)));
+        out
+    }
+
+    /// Nodes this node can reach, with next hop and distance.
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        let view = self.shared.view.load();
+        let mut v: Vec<RouteInfo> = view
+            .routes
+            .iter()
+            .map(|(n, r)| RouteInfo::new(*n, r))
+            .collect();
+        v.sort_by_key(|r| r.node);
+        v
+    }
+
+    /// Changes to [`NodeCore::services`], starting with the current services as `Up`.
+    /// A watcher that falls 65,536 events behind is closed.
+    pub fn watch_services(&self) -> async_channel::Receiver<ServiceEvent> {
+        let (tx, rx) = async_channel::bounded(WATCH_BACKLOG);
+        self.shared.control(Msg::WatchServices(tx));
+        rx
+    }
+
+    /// Changes to [`NodeCore::routes`], starting with the current routes as `Up`.
+    /// A watcher that falls 65,536 events behind is closed.
+    pub fn watch_routes(&self) -> async_channel::Receiver<RouteEvent> {
+        let (tx, rx) = async_channel::bounded(WATCH_BACKLOG);
+        self.shared.control(Msg::WatchRoutes(tx));
+        rx
+    }
+
+    /// Whether `shutdown` ran.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Withdraws our services, GOAWAY on every link, a short drain, then the shards
+    /// stop. Idempotent.
+    pub fn shutdown(&self) {
+        let node = &self.shared;
+        if node.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for s in node
+            .listen_sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        // Withdraw our services (an empty full update) before the links go away.
+        let (tx, rx) = oneshot::channel();
+        node.control(Msg::Shutdown(tx));
+        let _ = wait_reply(rx, Some(Instant::now() + Duration::from_secs(5)));
+        let mut waits = Vec::new();
+        for i in 0..node.inboxes.len() as u32 {
+            let (tx, rx) = oneshot::channel();
+            node.push(
+                i,
+                Cmd::Stop {
+                    code: ErrorCode::SHUTDOWN,
+                    reply: tx,
+                },
+            );
+            waits.push(rx);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for rx in waits {
+            let _ = wait_reply(rx, Some(deadline));
+        }
+        let me = std::thread::current().id();
+        let threads: Vec<_> = node
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for t in threads {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Node-wide figures, summed over all shards.
+    pub fn stats(&self) -> io::Result<NodeStats> {
+        self.check_running()?;
+        let mut total = NodeStats {
+            limit_hits: self.shared.limit_hits.load(Ordering::Relaxed),
+            ..NodeStats::default()
+        };
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        for i in 0..self.shared.inboxes.len() as u32 {
+            let (tx, rx) = oneshot::channel();
+            self.shared.push(i, Cmd::Stats { reply: tx });
+            let s = wait_reply(rx, deadline)?;
+            total.links += s.links;
+            total.handshaking += s.handshaking;
+            total.streams += s.streams;
+            total.origins += s.origins;
+            total.service_entries += s.service_entries;
+            total.routes += s.routes;
+        }
+        Ok(total)
+    }
+}
+
+async fn run_shard(idx: u32, node: Arc<NodeShared>) {
+    let inbox = node.inboxes[idx as usize].clone();
+    let shard = Rc::new(Shard::new(idx, node));
+    glommio::spawn_local(shard.clone().run_timers()).detach();
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        inbox.next_batch(&mut batch, 256).await;
+        for c in batch.drain(..) {
+            shard.handle(c);
+        }
+        shard.end_batch();
+        shard.flush();
+        if shard.is_stopped() {
+            return;
+        }
+    }
+}

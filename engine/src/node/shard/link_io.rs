@@ -1,0 +1,261 @@
+//! A link's IO task and the shard's timer task.
+//!
+//! The IO task moves bytes between the socket and the link's core. It also reports
+//! what only it can see: that the transport took nothing for a while (write stall),
+//! and, when the keep-alive ran out, whether the peer's bytes are in fact waiting in
+//! the socket (we were busy) or the peer is really silent.
+
+use super::{LinkId, LinkKind, LinkSlot, Shard, CLOSE_FLUSH};
+use crate::node::io::Transport;
+use bytes::BytesMut;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// Read buffer before the handshake is done: an unauthenticated connection holds little.
+const HANDSHAKE_RBUF: usize = 4 * 1024;
+/// Read buffer of an established link.
+const RBUF: usize = 256 * 1024;
+/// Bytes pulled from the core per socket write.
+const WRITE_BATCH: usize = 256 * 1024;
+
+impl LinkSlot {
+    /// When the timer must look at this link next.
+    fn next_deadline(&self, stall_after: Duration) -> Option<Instant> {
+        if self.abort_io {
+            return None;
+        }
+        if !matches!(self.kind, LinkKind::Io { .. }) {
+            return self.core.poll_timeout();
+        }
+        // While the IO task verifies a silence, the keep-alive deadline waits for it.
+        let core = self.core.poll_timeout().filter(|_| !self.verify_silence);
+        let stall = self.write_blocked_since.map(|t| t + stall_after);
+        let flush = self.closed_at.map(|t| t + CLOSE_FLUSH);
+        [core, stall, flush].into_iter().flatten().min()
+    }
+}
+
+impl Shard {
+    pub(super) async fn run_link(self: Rc<Self>, link: LinkId, mut t: Transport) {
+        let mut rbuf = vec![0u8; HANDSHAKE_RBUF];
+        let mut wbuf = BytesMut::new();
+        let mut wpos = 0usize;
+        let mut read_open = true;
+        poll_fn(|cx| {
+            for _ in 0..64 {
+                let mut progressed = false;
+                {
+                    let st = self.st.borrow();
+                    let Some(slot) = st.links.get(&link) else {
+                        return Poll::Ready(());
+                    };
+                    if slot.abort_io {
+                        return Poll::Ready(());
+                    }
+                    if rbuf.len() < RBUF && slot.core.is_open() {
+                        rbuf.resize(RBUF, 0);
+                    }
+                }
+                // Output: refill from the core when the previous batch is written.
+                if wpos == wbuf.len() {
+                    wbuf.clear();
+                    wpos = 0;
+                    let mut st = self.st.borrow_mut();
+                    let Some(slot) = st.links.get_mut(&link) else {
+                        return Poll::Ready(());
+                    };
+                    slot.core.poll_transmit(&mut wbuf, WRITE_BATCH);
+                    if wbuf.is_empty() {
+                        slot.write_blocked_since = None;
+                    }
+                    self.drain_events(&mut st, link);
+                }
+                if wpos < wbuf.len() {
+                    let r = t.poll_write(cx, &wbuf[wpos..]);
+                    let mut st = self.st.borrow_mut();
+                    let slot = st.links.get_mut(&link);
+                    match r {
+                        Poll::Ready(Ok(n)) => {
+                            wpos += n;
+                            progressed = true;
+                            if let Some(s) = slot {
+                                s.write_blocked_since = None;
+                            }
+                        }
+                        Poll::Ready(Err(e)) => {
+                            drop(st);
+                            self.transport_failed(link, &e.to_string());
+                            return Poll::Ready(());
+                        }
+                        Poll::Pending => {
+                            if let Some(s) = slot {
+                                s.write_blocked_since.get_or_insert_with(Instant::now);
+                            }
+                        }
+                    }
+                }
+                // Input, while the core wants it.
+                let (wants, closed) = {
+                    let st = self.st.borrow();
+                    match st.links.get(&link) {
+                        Some(s) => (s.core.wants_input(), s.closed),
+                        None => return Poll::Ready(()),
+                    }
+                };
+                if wants && read_open {
+                    match t.poll_read(cx, &mut rbuf) {
+                        Poll::Ready(Ok(0)) => {
+                            read_open = false;
+                            self.transport_failed(link, "connection closed by peer");
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            let mut st = self.st.borrow_mut();
+                            if let Some(slot) = st.links.get_mut(&link) {
+                                slot.verify_silence = false;
+                                let _ = slot.core.handle_input(&rbuf[..n], Instant::now());
+                            }
+                            self.drain_events(&mut st, link);
+                            progressed = true;
+                        }
+                        Poll::Ready(Err(e)) => {
+                            read_open = false;
+                            self.transport_failed(link, &e.to_string());
+                        }
+                        Poll::Pending => {
+                            // Nothing waiting in the socket: if the keep-alive ran out,
+                            // the peer really is silent.
+                            let mut st = self.st.borrow_mut();
+                            if let Some(slot) = st.links.get_mut(&link) {
+                                if slot.verify_silence {
+                                    slot.verify_silence = false;
+                                    slot.core.handle_timeout(Instant::now());
+                                    self.drain_events(&mut st, link);
+                                }
+                            }
+                        }
+                    }
+                }
+                if closed && wpos == wbuf.len() {
+                    let st = self.st.borrow();
+                    if st.links.get(&link).is_none_or(|s| !s.core.has_transmit()) {
+                        return Poll::Ready(());
+                    }
+                }
+                if !progressed {
+                    let mut st = self.st.borrow_mut();
+                    if let Some(LinkKind::Io { waker }) =
+                        st.links.get_mut(&link).map(|s| &mut s.kind)
+                    {
+                        *waker = Some(cx.waker().clone());
+                    }
+                    // Output queued meanwhile by event handling: go round again.
+                    let again = wpos == wbuf.len()
+                        && st.links.get(&link).is_some_and(|s| s.core.has_transmit());
+                    drop(st);
+                    if again {
+                        continue;
+                    }
+                    self.flush();
+                    return Poll::Pending;
+                }
+            }
+            // Fairness: let other tasks on this shard run.
+            self.flush();
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await;
+        t.close().await;
+        let mut st = self.st.borrow_mut();
+        if let Some(slot) = st.links.get_mut(&link) {
+            slot.core.transport_closed("transport closed");
+        }
+        self.drain_events(&mut st, link);
+        st.links.remove(&link);
+        st.blocked.remove(&link);
+        drop(st);
+        self.node.links.fetch_sub(1, Ordering::Relaxed);
+        self.flush();
+    }
+
+    pub(super) fn transport_failed(self: &Rc<Self>, link: LinkId, why: &str) {
+        let mut st = self.st.borrow_mut();
+        if let Some(slot) = st.links.get_mut(&link) {
+            slot.core.transport_closed(why);
+        }
+        self.drain_events(&mut st, link);
+    }
+
+    /// The shard's one timer: every link's deadlines (handshake, keep-alive, write
+    /// stall, closing flush) and, on shard 0, the control task's.
+    pub(crate) async fn run_timers(self: Rc<Self>) {
+        let stall_after = self.node.cfg.link.keepalive_timeout;
+        loop {
+            let next = {
+                let st = self.st.borrow();
+                if st.stopping && st.links.is_empty() {
+                    return;
+                }
+                let links = st
+                    .links
+                    .values()
+                    .filter_map(|s| s.next_deadline(stall_after));
+                let control = self
+                    .control
+                    .as_ref()
+                    .and_then(|c| c.borrow().poll_timeout());
+                links.chain(control).min()
+            };
+            let now = Instant::now();
+            let wait = next
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or(Duration::from_millis(100))
+                .clamp(Duration::from_millis(1), Duration::from_millis(100));
+            glommio::timer::sleep(wait).await;
+            let now = Instant::now();
+            self.link_timers(now, stall_after);
+            if let Some(c) = &self.control {
+                c.borrow_mut().handle_timeout(now);
+            }
+            self.flush();
+        }
+    }
+
+    fn link_timers(self: &Rc<Self>, now: Instant, stall_after: Duration) {
+        let mut st = self.st.borrow_mut();
+        let due: Vec<LinkId> = st
+            .links
+            .iter()
+            .filter(|(_, s)| s.next_deadline(stall_after).is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(slot) = st.links.get_mut(&id) else {
+                continue;
+            };
+            let io = matches!(slot.kind, LinkKind::Io { .. });
+            if slot.closed_at.is_some_and(|t| t + CLOSE_FLUSH <= now) {
+                // The peer does not take our last frames: stop trying.
+                slot.abort_io = true;
+            } else if let Some(since) = slot.write_blocked_since.filter(|t| *t + stall_after <= now)
+            {
+                tracing::warn!(node = %self.node.id, peer = ?slot.peer, link = id, "peer stopped reading; dropping the link");
+                slot.core.write_stalled(now - since);
+                slot.abort_io = true;
+            } else if io && slot.core.silence_expired(now) {
+                // Judge the peer's silence only after looking at the socket.
+                slot.verify_silence = true;
+            } else {
+                slot.core.handle_timeout(now);
+            }
+            if let LinkKind::Io { waker: Some(w) } = &mut slot.kind {
+                w.wake_by_ref();
+            }
+            self.drain_events(&mut st, id);
+            st.dirty.push(id);
+        }
+    }
+}
