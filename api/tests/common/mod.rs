@@ -2,6 +2,8 @@
 //! test can kill or freeze to simulate a dying link.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use astranet::Node;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

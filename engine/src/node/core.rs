@@ -557,10 +557,7 @@ impl NodeCore {
     /// Node-wide figures, summed over all shards.
     pub fn stats(&self) -> io::Result<NodeStats> {
         self.check_running()?;
-        let mut total = NodeStats {
-            limit_hits: self.shared.limit_hits.load(Ordering::Relaxed),
-            ..NodeStats::default()
-        };
+        let mut total = NodeStats::default();
         let deadline = Some(Instant::now() + Duration::from_secs(10));
         for i in 0..self.shared.inboxes.len() as u32 {
             let (tx, rx) = oneshot::channel();
@@ -573,6 +570,8 @@ impl NodeCore {
             total.service_entries += s.service_entries;
             total.routes += s.routes;
         }
+        // Read last: the shards' figures include every input processed so far.
+        total.limit_hits = self.shared.limit_hits.load(Ordering::Relaxed);
         Ok(total)
     }
 }
