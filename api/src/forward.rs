@@ -20,10 +20,12 @@
 //! let cfg = ForwardConfig::default();
 //! // On the database's machine: publish it as the service `db`.
 //! let service = node.bind_async("db")?;
-//! tokio::spawn(expose(service, "127.0.0.1:5432".into(), cfg.clone(), std::future::pending()));
+//! let forever = std::future::pending::<()>();
+//! tokio::spawn(expose(service, "127.0.0.1:5432".into(), cfg.clone(), forever));
 //! // Elsewhere: local port 15432 reaches `db` wherever it runs.
 //! let local = tokio::net::TcpListener::bind("127.0.0.1:15432").await?;
-//! forward(node, local, "db".into(), cfg, tokio::signal::ctrl_c()).await
+//! let (_stop, stopped) = tokio::sync::oneshot::channel::<()>(); // send to stop
+//! forward(node, local, "db".into(), cfg, stopped).await
 //! # }
 //! ```
 
