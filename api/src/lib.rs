@@ -34,6 +34,16 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! ## Cargo features
+//!
+//! All on by default; `default-features = false` leaves only the core above.
+//!
+//! - `tokio`: [`TokioStream`] (tokio's IO traits), [`Incoming`], and [`forward`]
+//!   (TCP in and out of the mesh).
+//! - `http`: [`http`], a hyper-util connector and a hyper server over streams.
+//! - `grpc`: [`grpc`], tonic's `Connected` for streams (`serve_with_incoming`).
+//! - `cli`: the `astranet` and `astranet-node` binaries.
+//!
 //! ## Address grammar
 //!
 //! | written | means |
@@ -49,14 +59,24 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod forward;
+#[cfg(feature = "grpc")]
+pub mod grpc;
+#[cfg(feature = "http")]
+pub mod http;
 mod pipe;
 mod stream;
+#[cfg(feature = "tokio")]
+mod tokio_io;
 
 pub use astranet_engine::{
     Addr, Limits, NodeId, NodeStats, Role, RouteEvent, RouteInfo, ServiceEvent, ServiceInfo,
 };
 pub use pipe::{pipe, PipeEnd, PipeReader, PipeWriter};
 pub use stream::{AsyncStream, Stream, MAX_IN_FLIGHT, MAX_WRITE};
+#[cfg(feature = "tokio")]
+pub use tokio_io::{Incoming, TokioStream};
 
 use astranet_engine::{
     block_on_until, node_gone, wait_timeout, ListenerRef, NodeConfig, NodeCore, Wait,

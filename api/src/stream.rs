@@ -8,6 +8,7 @@
 //! the stream within its credit. So a writer is held back by the peer's window, and
 //! what a stream buffers beyond that window is bounded.
 
+use astranet_engine::proto::ErrorCode;
 use astranet_engine::{node_gone as gone, wait_timeout, Addr, Chunks, Rx, StreamRef, Wait};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -205,6 +206,12 @@ impl Stream {
         self.i.r.peer_addr()
     }
 
+    /// Aborts the stream at once, like a TCP reset: data not yet delivered is
+    /// discarded and the peer's reads and writes fail with `ConnectionReset`.
+    pub fn reset(self) {
+        self.i.r.reset(ErrorCode::CANCELLED);
+    }
+
     /// Half-closes the stream: the peer reads end of stream after the data written so
     /// far, and can still write back.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
@@ -368,6 +375,12 @@ impl AsyncStream {
     /// The other end's address.
     pub fn peer_addr(&self) -> Addr {
         self.i.r.peer_addr()
+    }
+
+    /// Aborts the stream at once, like a TCP reset: data not yet delivered is
+    /// discarded and the peer's reads and writes fail with `ConnectionReset`.
+    pub fn reset(self) {
+        self.i.r.reset(ErrorCode::CANCELLED);
     }
 
     /// Polls writes until at most `limit` bytes are in flight.

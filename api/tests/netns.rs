@@ -4,6 +4,8 @@
 //! Needs root and `ip netns`; where they are missing the test says so on stderr and
 //! returns without checking anything (it never pretends to have passed a check).
 
+#![cfg(feature = "cli")] // runs the `astranet-node` binary
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

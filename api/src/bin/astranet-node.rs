@@ -1,152 +1,132 @@
 //! `astranet-node`: runs one node from the command line (used by the multi-host test,
-//! handy for trying a mesh by hand).
+//! handy for trying a mesh by hand). `astranet node` is the general form.
 //!
 //! ```text
 //! astranet-node [--listen ADDR]... [--join ADDR]... [--serve NAME]
 //!               [--dial NAME --bytes N] [--expect-hops H] [--timeout SECS]
 //! ```
-//! `--serve` echoes every stream of the service NAME until killed. `--dial` sends N
-//! bytes to NAME, checks the echo, prints the route taken and exits (0 = success).
-//! Without either, the node runs (and relays for its mesh) until killed.
+//! `--serve` echoes every stream of the service NAME (one tokio task per stream, at
+//! most `--max-streams` at once) until killed. `--dial` sends N bytes to NAME, checks
+//! the echo, prints the route taken and exits (0 = success). Without `--dial`, the
+//! node runs (and relays for its mesh) until SIGINT or SIGTERM.
 
-use std::io::{Read, Write};
+#[path = "astranet/common.rs"]
+#[allow(dead_code)]
+mod common;
+#[path = "astranet/echo.rs"]
+mod echo;
+
+use clap::Parser;
+use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
+#[derive(Parser, Debug)]
+#[command(
+    name = "astranet-node",
+    about = "Runs one astranet node (see also `astranet node`)"
+)]
 struct Args {
+    /// Accept links on this TCP address (repeatable).
+    #[arg(long, value_name = "ADDR")]
     listen: Vec<String>,
+    /// Join the node listening at ADDR (repeatable).
+    #[arg(long, value_name = "ADDR")]
     join: Vec<String>,
+    /// Serve an echo service under this name.
+    #[arg(long, value_name = "NAME")]
     serve: Option<String>,
+    /// Most echo streams served at once; more wait in the backlog.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_streams: usize,
+    /// Send --bytes to this service, check the echo and exit.
+    #[arg(long, value_name = "NAME")]
     dial: Option<String>,
+    /// Bytes to send with --dial.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     bytes: usize,
+    /// Fail unless the dialed node is this many hops away.
+    #[arg(long, value_name = "H")]
     expect_hops: Option<u32>,
-    timeout: Duration,
-}
-
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        listen: vec![],
-        join: vec![],
-        serve: None,
-        dial: None,
-        bytes: 1 << 20,
-        expect_hops: None,
-        timeout: Duration::from_secs(20),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--listen" => a.listen.push(val()?),
-            "--join" => a.join.push(val()?),
-            "--serve" => a.serve = Some(val()?),
-            "--dial" => a.dial = Some(val()?),
-            "--bytes" => a.bytes = val()?.parse().map_err(|e| format!("--bytes: {e}"))?,
-            "--expect-hops" => {
-                a.expect_hops = Some(val()?.parse().map_err(|e| format!("--expect-hops: {e}"))?)
-            }
-            "--timeout" => {
-                a.timeout =
-                    Duration::from_secs(val()?.parse().map_err(|e| format!("--timeout: {e}"))?)
-            }
-            "-h" | "--help" => {
-                return Err(
-                    "usage: astranet-node [--listen ADDR]... [--join ADDR]... [--serve NAME] \
-                            [--dial NAME --bytes N] [--expect-hops H] [--timeout SECS]"
-                        .into(),
-                )
-            }
-            other => return Err(format!("unknown argument {other:?} (try --help)")),
-        }
-    }
-    Ok(a)
+    /// Seconds a join or dial may take.
+    #[arg(long, value_name = "SECS", default_value_t = 20)]
+    timeout: u64,
 }
 
 fn main() {
-    let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let args = Args::parse();
     if let Err(e) = run(args) {
         eprintln!("astranet-node: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(a: Args) -> std::io::Result<()> {
+fn run(a: Args) -> io::Result<()> {
+    let timeout = Duration::from_secs(a.timeout);
     let node = astranet::Node::builder()
         .shards(1)
         .keepalive(Duration::from_millis(500), Duration::from_secs(3))
-        .dial_timeout(a.timeout)
-        .join_timeout(a.timeout)
+        .dial_timeout(timeout)
+        .join_timeout(timeout)
         .build()?;
     for l in &a.listen {
         println!("{} listening on {}", node.id(), node.listen(l)?);
     }
     for j in &a.join {
-        node.join(j)?;
+        node.join(j)
+            .map_err(|e| io::Error::new(e.kind(), format!("join {j}: {e}")))?;
         println!("{} joined {j}", node.id());
     }
+    let rt = common::runtime()?;
     if let Some(name) = &a.serve {
-        let l = node.bind(name)?;
+        let l = node.bind_async(name)?;
         println!("{} serving {name} at {}", node.id(), l.local_addr());
-        for s in l.incoming() {
-            let mut s = s?;
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown_write();
-            });
-        }
-    }
-    if a.dial.is_none() {
-        // Nothing to dial: stay up as a router until killed.
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-    }
-    if let Some(name) = &a.dial {
-        let t = Instant::now();
-        let mut s = node.dial(name)?;
-        let data: Vec<u8> = (0..a.bytes).map(|i| (i * 31 + 7) as u8).collect();
-        let mut r = s.try_clone()?;
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            r.read_to_end(&mut got).map(|_| got)
-        });
-        s.write_all(&data)?;
-        s.shutdown_write()?;
-        let got = reader
-            .join()
-            .map_err(|_| std::io::Error::other("reader panicked"))??;
-        if got != data {
-            return Err(std::io::Error::other(format!(
-                "echo mismatch: sent {} bytes, got {}",
-                data.len(),
-                got.len()
-            )));
-        }
-        let peer = s.peer_addr().node;
-        let route = node.routes().into_iter().find(|r| r.node == peer);
-        let hops = route.as_ref().map_or(0, |r| r.hops);
-        println!(
-            "ok: {} bytes echoed by {peer} in {:?}, route {:?}",
-            a.bytes,
-            t.elapsed(),
-            route
-        );
-        if let Some(h) = a.expect_hops {
-            if h != hops {
-                return Err(std::io::Error::other(format!(
-                    "expected {h} hops, took {hops}"
-                )));
+        let (name, max) = (name.clone(), a.max_streams);
+        rt.spawn(async move {
+            if let Err(e) = echo::serve(l, max).await {
+                eprintln!("astranet-node: serving {name}: {e}");
             }
+        });
+    }
+    let Some(name) = &a.dial else {
+        // Nothing to dial: stay up (serving, relaying) until told to stop.
+        rt.block_on(common::stop_signal());
+        node.shutdown();
+        return Ok(());
+    };
+    let t = Instant::now();
+    let mut s = node
+        .dial(name)
+        .map_err(|e| io::Error::new(e.kind(), format!("dial {name}: {e}")))?;
+    let data: Vec<u8> = (0..a.bytes).map(|i| (i * 31 + 7) as u8).collect();
+    let mut r = s.try_clone()?;
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).map(|_| got)
+    });
+    s.write_all(&data)?;
+    s.shutdown_write()?;
+    let got = reader
+        .join()
+        .map_err(|_| io::Error::other("reader panicked"))??;
+    if got != data {
+        return Err(io::Error::other(format!(
+            "echo mismatch: sent {} bytes, got {}",
+            data.len(),
+            got.len()
+        )));
+    }
+    let peer = s.peer_addr().node;
+    let route = node.routes().into_iter().find(|r| r.node == peer);
+    let hops = route.as_ref().map_or(0, |r| r.hops);
+    println!(
+        "ok: {} bytes echoed by {peer} in {:?}, route {:?}",
+        a.bytes,
+        t.elapsed(),
+        route
+    );
+    if let Some(h) = a.expect_hops {
+        if h != hops {
+            return Err(io::Error::other(format!("expected {h} hops, took {hops}")));
         }
     }
     Ok(())

@@ -10,6 +10,7 @@
 use super::dial::DialWait;
 use super::discovery::{Discovery, DiscoveryLimits, Entry, Out, Send};
 use super::errors::not_found;
+use super::plane::Plane;
 use super::routing::{Change, Routing};
 use super::upgrade::Upgrades;
 use super::view::{RouteEvent, RouteInfo, ServiceEvent, ServiceInfo, SvcKey, View};
@@ -64,8 +65,7 @@ pub(crate) struct Figures {
 
 pub(crate) struct Control {
     node: Arc<NodeShared>,
-    routing: Routing,
-    discovery: Discovery,
+    plane: Plane,
     /// Remote services of our env (published in the view).
     services: imbl::OrdSet<SvcKey>,
     /// Our own services of our env: name → port.
@@ -86,11 +86,11 @@ pub(crate) struct Control {
 impl Control {
     pub(crate) fn new(node: Arc<NodeShared>) -> Self {
         let l = &node.cfg.limits;
-        let routing = Routing::new(node.id, l.max_routes_per_link);
-        let discovery = Discovery::new(
+        let plane = Plane::new(
             node.id,
             node.cfg.role != Role::Client,
             node.cfg.role == Role::Router,
+            l.max_routes_per_link,
             DiscoveryLimits {
                 max_origins_per_link: l.max_origins_per_link,
                 max_entries_per_origin: l.max_services_per_origin,
@@ -105,8 +105,7 @@ impl Control {
         );
         Self {
             node,
-            routing,
-            discovery,
+            plane,
             services: imbl::OrdSet::new(),
             local: HashMap::new(),
             local_addrs: 0,
@@ -124,9 +123,9 @@ impl Control {
 
     pub(crate) fn figures(&self) -> Figures {
         Figures {
-            origins: self.discovery.origin_count(),
-            service_entries: self.discovery.entry_count(),
-            routes: self.routing.len(),
+            origins: self.plane.discovery.origin_count(),
+            service_entries: self.plane.discovery.entry_count(),
+            routes: self.plane.routing.len(),
         }
     }
 
@@ -141,14 +140,13 @@ impl Control {
                 shard,
                 reply,
             } => {
-                let changes = self.routing.link_up(link, peer, shard);
+                let changes = self.plane.link_up(link, peer, shard, &mut out);
                 if self.node.is_router() {
-                    for f in self.routing.advert_for(link, None) {
+                    for f in self.plane.routing.advert_for(link, None) {
                         self.send_to(link, f);
                     }
                 }
-                self.discovery.link_up(link, &mut out);
-                self.route_changes(&changes, Some(link), &mut out);
+                self.route_changes(&changes, Some(link));
                 if let Some(r) = reply {
                     // Routable before `join` returns, so a dial right after it works.
                     self.publish();
@@ -156,18 +154,14 @@ impl Control {
                 }
             }
             Msg::LinkDown(link) => {
-                let changes = self.routing.link_down(link);
-                self.route_changes(&changes, None, &mut out);
-                self.discovery.link_down(link);
+                let changes = self.plane.link_down(link, &mut out);
+                self.route_changes(&changes, None);
             }
             Msg::Routes(link, entries) => {
-                let changes = self.routing.advert(link, &entries);
-                self.route_changes(&changes, None, &mut out);
+                let changes = self.plane.routes(link, &entries, &mut out);
+                self.route_changes(&changes, None);
             }
-            Msg::Services(link, u) => {
-                let route = self.routing.get(NodeId(u.origin));
-                self.discovery.on_update(link, &u, route, &mut out);
-            }
+            Msg::Services(link, u) => self.plane.services(link, &u, &mut out),
             Msg::Local { announce, entry } => self.local_change(announce, entry, &mut out),
             Msg::Dial(w) => self.dial(w),
             Msg::WatchServices(tx) => {
@@ -190,6 +184,7 @@ impl Control {
             }
             Msg::WatchRoutes(tx) => {
                 let current: Vec<RouteEvent> = self
+                    .plane
                     .routing
                     .table()
                     .iter()
@@ -198,7 +193,7 @@ impl Control {
                 self.watchers.add_routes(tx, current.into_iter());
             }
             Msg::Shutdown(reply) => {
-                self.discovery.shutdown(&mut out);
+                self.plane.discovery.shutdown(&mut out);
                 self.sends(out.sends.drain(..));
                 self.flush();
                 let _ = reply.send(Ok(()));
@@ -211,14 +206,18 @@ impl Control {
         for origin in out.new_addrs {
             self.upgrades.want(origin);
         }
-        let (node, routing, discovery, local_addrs) =
-            (&self.node, &self.routing, &self.discovery, self.local_addrs);
+        let (node, routing, discovery, local_addrs) = (
+            &self.node,
+            &self.plane.routing,
+            &self.plane.discovery,
+            self.local_addrs,
+        );
         while let Some(d) = self.upgrades.next(now, |origin| {
             upgrade_addrs(node, routing, discovery, local_addrs, origin)
         }) {
             dials.push(d);
         }
-        let hits = self.routing.limit_hits + self.discovery.limit_hits;
+        let hits = self.plane.limit_hits();
         self.node
             .hit_limit("routes or services per link", hits - self.hits_seen);
         self.hits_seen = hits;
@@ -262,12 +261,12 @@ impl Control {
                 self.wake_waits(&name);
             }
         }
-        self.discovery.local_change(announce, entry, out);
+        self.plane.local(announce, entry, out);
     }
 
-    /// Route changes: triggered updates to every neighbour but `skip` (which got the
-    /// whole table), discovery's reaction, watchers.
-    fn route_changes(&mut self, changes: &[Change], skip: Option<LinkId>, out: &mut Out) {
+    /// Route changes (discovery already followed them): triggered updates to every
+    /// neighbour but `skip` (which got the whole table), watchers.
+    fn route_changes(&mut self, changes: &[Change], skip: Option<LinkId>) {
         if changes.is_empty() {
             return;
         }
@@ -275,19 +274,19 @@ impl Control {
         if self.node.is_router() {
             let nodes: Vec<NodeId> = changes.iter().map(|(n, _)| *n).collect();
             let links: Vec<LinkId> = self
+                .plane
                 .routing
                 .links()
                 .map(|(l, _)| l)
                 .filter(|l| Some(*l) != skip)
                 .collect();
             for link in links {
-                for f in self.routing.advert_for(link, Some(&nodes)) {
+                for f in self.plane.routing.advert_for(link, Some(&nodes)) {
                     self.send_to(link, f);
                 }
             }
         }
         for (node, route) in changes {
-            self.discovery.on_route(*node, *route, out);
             if self.watchers.wants_routes() {
                 self.watchers.route(match route {
                     Some(r) => RouteEvent::Up(RouteInfo::new(*node, r)),
@@ -317,19 +316,19 @@ impl Control {
             if s.up {
                 self.services.insert(key);
                 self.watchers
-                    .service(ServiceEvent::Up(info(self.routing.get(s.origin))));
+                    .service(ServiceEvent::Up(info(self.plane.routing.get(s.origin))));
                 self.wake_waits(&name);
             } else {
                 self.services.remove(&key);
                 self.watchers
-                    .service(ServiceEvent::Down(info(self.routing.get(s.origin))));
+                    .service(ServiceEvent::Down(info(self.plane.routing.get(s.origin))));
             }
         }
     }
 
     fn view(&self) -> View {
         View {
-            routes: self.routing.table(),
+            routes: self.plane.routing.table(),
             services: self.services.clone(),
         }
     }
@@ -419,7 +418,7 @@ impl Control {
     // ------------------------------------------------------------ output
 
     fn send_to(&mut self, link: LinkId, f: Frame) {
-        if let Some((_, shard)) = self.routing.peer_of(link) {
+        if let Some((_, shard)) = self.plane.routing.peer_of(link) {
             self.outbox.entry(shard).or_default().push((link, f));
         }
     }
@@ -430,6 +429,7 @@ impl Control {
                 Send::To(link, f) => self.send_to(link, f),
                 Send::All { frame, except } => {
                     let links: Vec<(LinkId, u32)> = self
+                        .plane
                         .routing
                         .links()
                         .filter(|(l, _)| Some(*l) != except)

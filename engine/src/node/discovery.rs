@@ -480,6 +480,37 @@ impl Discovery {
         }
     }
 
+    /// Panics if an invariant is broken: every origin is held over its current route,
+    /// caps hold, and the counters match what is held. `route_link` gives our route's
+    /// link to a node.
+    pub(crate) fn check(&self, route_link: impl Fn(NodeId) -> Option<LinkId>) {
+        let mut per_link: HashMap<LinkId, Usage> = HashMap::new();
+        let mut total = 0;
+        for (n, o) in &self.origins {
+            assert_eq!(
+                route_link(*n),
+                Some(o.link),
+                "origin held without its route"
+            );
+            assert!(o.entries.len() <= self.limits.max_entries_per_origin);
+            let u = per_link.entry(o.link).or_default();
+            u.origins += 1;
+            u.entries += o.entries.len();
+            total += o.entries.len();
+        }
+        assert_eq!(total, self.entries_held);
+        for (l, u) in &per_link {
+            let held = self.usage.get(l).copied().unwrap_or_default();
+            assert_eq!(
+                (held.origins, held.entries),
+                (u.origins, u.entries),
+                "usage of link {l}"
+            );
+            assert!(u.origins <= self.limits.max_origins_per_link);
+            assert!(u.entries <= self.limits.max_entries_per_link);
+        }
+    }
+
     fn forget(&mut self, node: NodeId, out: &mut Out) {
         let Some(o) = self.origins.remove(&node) else {
             return;

@@ -26,6 +26,7 @@ mod handle;
 mod inbox;
 pub(crate) mod io;
 mod listeners;
+mod plane;
 mod relay;
 pub(crate) mod routing;
 mod shard;
@@ -38,6 +39,8 @@ pub use self::core::{NodeCore, NodeStats};
 pub use config::{Limits, NodeConfig, Role};
 pub use errors::node_gone;
 pub use handle::{Chunks, Incoming, ListenerRef, Rx, StreamRef};
+#[doc(hidden)]
+pub use plane::fuzzing;
 pub use view::{RouteEvent, RouteInfo, ServiceEvent, ServiceInfo};
 pub use wait_api::*;
 

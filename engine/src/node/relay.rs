@@ -172,6 +172,9 @@ impl Shard {
         self.node.push(route.shard, Cmd::Dial { req, reply: tx });
         let me = self.clone();
         glommio::spawn_local(async move {
+            // glommio may poll a new task at once, inside this event handling, while
+            // the shard's state is borrowed: act only after a first yield.
+            futures_lite::future::yield_now().await;
             match rx.await {
                 Ok(Ok(out)) => me.accept_relay(key, dst, src, out, guard),
                 Ok(Err(e)) => me.refuse_now(key, relay_code(&e)),

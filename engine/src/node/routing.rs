@@ -228,6 +228,23 @@ impl Routing {
             .collect()
     }
 
+    /// Panics if an invariant is broken: caps per link hold, every best route goes
+    /// over a live link, direct links win, and `best` is what recomputing gives.
+    pub(crate) fn check(&self) {
+        for n in self.links.values() {
+            assert!(n.adverts.len() <= self.max_per_link, "advert cap broken");
+            assert!(!n.adverts.contains_key(&self.me) && !n.adverts.contains_key(&n.peer));
+        }
+        for (dst, r) in self.best.iter() {
+            assert!(self.links.contains_key(&r.link), "route over a dead link");
+            assert!(r.hops >= 1 && r.hops < INFINITY);
+            if self.direct.contains_key(dst) {
+                assert_eq!(r.hops, 1, "a direct link must win");
+            }
+            assert_eq!(self.best_route(*dst), Some(*r), "stale route");
+        }
+    }
+
     /// The links and the shards they live on.
     pub(crate) fn links(&self) -> impl Iterator<Item = (LinkId, u32)> + '_ {
         self.links.iter().map(|(l, n)| (*l, n.shard))

@@ -270,6 +270,8 @@ impl Shard {
     /// A direct upgrade: joins `origin` at `addr` (PROTOCOL.md §10.5). The link must
     /// authenticate as `origin`, else it is dropped.
     async fn upgrade_dial(self: Rc<Self>, origin: NodeId, addr: std::net::SocketAddr) {
+        // Never touch shard state from inside the spawn (glommio may poll at once).
+        futures_lite::future::yield_now().await;
         let r = glommio::net::TcpStream::connect_timeout(addr, Duration::from_secs(2)).await;
         let ok = match r {
             Ok(s) => {

@@ -1,0 +1,170 @@
+//! Routing and discovery together, as one pure state machine: what the control task
+//! runs for each input, minus the IO (frames to shards, watchers, the published view).
+//! The fuzz target `control_plane` drives it directly.
+
+use super::discovery::{Discovery, DiscoveryLimits, Entry, Out};
+use super::routing::{Change, Routing};
+use super::LinkId;
+use crate::proto::frame::{RouteEntry, ServicesUpdate};
+use crate::types::NodeId;
+
+pub(crate) struct Plane {
+    pub(crate) routing: Routing,
+    pub(crate) discovery: Discovery,
+}
+
+impl Plane {
+    pub(crate) fn new(
+        me: NodeId,
+        announces: bool,
+        forwards: bool,
+        max_routes_per_link: usize,
+        limits: DiscoveryLimits,
+    ) -> Self {
+        Self {
+            routing: Routing::new(me, max_routes_per_link),
+            discovery: Discovery::new(me, announces, forwards, limits),
+        }
+    }
+
+    /// A link finished its handshake with `peer`.
+    pub(crate) fn link_up(
+        &mut self,
+        link: LinkId,
+        peer: NodeId,
+        shard: u32,
+        out: &mut Out,
+    ) -> Vec<Change> {
+        let changes = self.routing.link_up(link, peer, shard);
+        self.discovery.link_up(link, out);
+        self.routed(&changes, out);
+        changes
+    }
+
+    pub(crate) fn link_down(&mut self, link: LinkId, out: &mut Out) -> Vec<Change> {
+        let changes = self.routing.link_down(link);
+        self.routed(&changes, out);
+        self.discovery.link_down(link);
+        changes
+    }
+
+    pub(crate) fn routes(
+        &mut self,
+        link: LinkId,
+        entries: &[RouteEntry],
+        out: &mut Out,
+    ) -> Vec<Change> {
+        let changes = self.routing.advert(link, entries);
+        self.routed(&changes, out);
+        changes
+    }
+
+    pub(crate) fn services(&mut self, link: LinkId, u: &ServicesUpdate, out: &mut Out) {
+        let route = self.routing.get(NodeId(u.origin));
+        self.discovery.on_update(link, u, route, out);
+    }
+
+    pub(crate) fn local(&mut self, announce: bool, e: Entry, out: &mut Out) {
+        self.discovery.local_change(announce, e, out);
+    }
+
+    /// Discovery follows every route change.
+    fn routed(&mut self, changes: &[Change], out: &mut Out) {
+        for (node, route) in changes {
+            self.discovery.on_route(*node, *route, out);
+        }
+    }
+
+    /// Updates refused for a cap, since the start.
+    pub(crate) fn limit_hits(&self) -> u64 {
+        self.routing.limit_hits + self.discovery.limit_hits
+    }
+
+    /// Checks the invariants that bound what peers can make us hold (for tests and
+    /// fuzzing): panics if one is broken.
+    pub(crate) fn check(&self) {
+        self.routing.check();
+        self.discovery
+            .check(|n| self.routing.get(n).map(|r| r.link));
+    }
+}
+
+/// The control plane's pure state machine, for the fuzz target (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Routing and discovery of one node, driven by hand.
+    pub struct ControlPlane {
+        plane: Plane,
+        out: Out,
+    }
+
+    impl ControlPlane {
+        /// A router with small caps, so a fuzzer reaches them.
+        pub fn new(me: u64, cap: usize) -> Self {
+            let limits = DiscoveryLimits {
+                max_origins_per_link: cap,
+                max_entries_per_origin: cap,
+                max_entries_per_link: cap * 2,
+                max_update_bytes: cap * 64,
+            };
+            Self {
+                plane: Plane::new(NodeId(me), true, true, cap, limits),
+                out: Out::default(),
+            }
+        }
+
+        /// A link to `peer` came up.
+        pub fn link_up(&mut self, link: u64, peer: u64) {
+            self.plane.link_up(link, NodeId(peer), 0, &mut self.out);
+        }
+
+        /// A link went down.
+        pub fn link_down(&mut self, link: u64) {
+            self.plane.link_down(link, &mut self.out);
+        }
+
+        /// A ROUTES frame arrived.
+        pub fn routes(&mut self, link: u64, entries: &[RouteEntry]) {
+            self.plane.routes(link, entries, &mut self.out);
+        }
+
+        /// A SERVICES frame (update or REQUEST) arrived.
+        pub fn services(&mut self, link: u64, u: &ServicesUpdate) {
+            self.plane.services(link, u, &mut self.out);
+        }
+
+        /// We bound or unbound a service.
+        pub fn local(&mut self, announce: bool, name: &[u8], port: u32) {
+            let e = Entry {
+                env: bytes::Bytes::new(),
+                name: bytes::Bytes::copy_from_slice(name),
+                port,
+            };
+            self.plane.local(announce, e, &mut self.out);
+        }
+
+        /// Frames produced since the last call (and forgets them).
+        pub fn take_frames(&mut self) -> usize {
+            let n = self.out.sends.len();
+            self.out = Out::default();
+            n
+        }
+
+        /// Remote origins and entries held, routes, and updates refused for a cap.
+        pub fn figures(&self) -> (usize, usize, usize, u64) {
+            (
+                self.plane.discovery.origin_count(),
+                self.plane.discovery.entry_count(),
+                self.plane.routing.len(),
+                self.plane.limit_hits(),
+            )
+        }
+
+        /// Panics if an invariant is broken.
+        pub fn check(&self) {
+            self.plane.check();
+        }
+    }
+}
