@@ -11,16 +11,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Shards per test node: 1, or `ASTRANET_TEST_SHARDS` (CI runs the suite on 2 too).
+pub fn shards() -> usize {
+    std::env::var("ASTRANET_TEST_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
 pub fn node() -> Node {
     Node::builder()
-        .shards(1)
+        .shards(shards())
         .dial_timeout(Duration::from_secs(10))
         .build()
         .expect("node")
 }
 
 pub fn node_with(f: impl FnOnce(astranet::NodeBuilder) -> astranet::NodeBuilder) -> Node {
-    f(Node::builder().shards(1)).build().expect("node")
+    f(Node::builder().shards(shards())).build().expect("node")
 }
 
 /// Two nodes joined over TCP loopback: (client, server).
