@@ -1,4 +1,4 @@
-//! gRPC with tonic: [`TokioStream`](crate::TokioStream) implements tonic's
+//! gRPC with tonic: [`TokioStream`] implements tonic's
 //! `Connected`, so an [`Incoming`](crate::Incoming) feeds `serve_with_incoming`, and
 //! [`http::Connector`](crate::http::Connector) feeds `Endpoint::connect_with_connector`.
 //!

@@ -87,7 +87,7 @@ pub async fn bulk(pair: Pair, total: u64, pb: &ProgressBar) -> io::Result<Outcom
         let n = (total - sent).min(CHUNK as u64) as usize;
         c.write_all(&buf[..n]).await?;
         sent += n as u64;
-        if sent % (64 * CHUNK as u64) == 0 {
+        if sent.is_multiple_of(64 * CHUNK as u64) {
             pb.set_position(sent);
         }
     }

@@ -93,7 +93,7 @@ fn thousands_of_interleaved_streams_both_ways() {
         // Accept incoming on both sides.
         for e in p.eb.drain(..).chain(p.ea.drain(..)).collect::<Vec<_>>() {
             if let Event::Incoming { id, .. } = e {
-                let opener_is_a = by_id[&id] % 2 == 0;
+                let opener_is_a = by_id[&id].is_multiple_of(2);
                 if opener_is_a {
                     p.b.accept(id).unwrap()
                 } else {

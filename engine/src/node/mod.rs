@@ -1,20 +1,20 @@
 //! The thread-per-core runtime: a node's shards, its links, and the handles user code
-//! holds. The public crate `astranet` wraps [`NodeCore`] and [`StreamRef`].
+//! holds. The public crate `astranet` wraps `NodeCore` and `StreamRef`.
 //!
 //! Ownership (README "Inside the engine"):
 //! - Each link belongs to one shard (a glommio executor on its own thread), and so does
 //!   every stream on it; all stream state is the sans-IO core's, inside that shard.
 //! - The control plane (routing, discovery, watchers, dials waiting for a service,
-//!   direct upgrades) has one owner: the control task on shard 0 ([`control`]). Other
+//!   direct upgrades) has one owner: the control task on shard 0 (`control`). Other
 //!   shards send it what their links report; it sends frames back as commands.
 //! - User threads never share a lock with a shard. They act by pushing commands into
-//!   a shard's inbox and read what the control task publishes ([`view::View`], an
+//!   a shard's inbox and read what the control task publishes (`view::View`, an
 //!   `Arc` swapped on change). The few mutexes left are taken by user threads only.
 //!
-//! Files: [`core`] (start, listen, join, bind, dial, shutdown), [`config`],
-//! [`handle`] (stream and listener handles), [`shard`] (a shard's links and streams),
-//! [`control`], [`routing`] and [`discovery`] (pure state machines), [`dial`]
-//! (resolving a target), [`relay`], [`listeners`], [`upgrade`], [`watch`], [`view`].
+//! Files: `core` (start, listen, join, bind, dial, shutdown), `config`,
+//! `handle` (stream and listener handles), `shard` (a shard's links and streams),
+//! `control`, `routing` and `discovery` (pure state machines), `dial`
+//! (resolving a target), `relay`, `listeners`, `upgrade`, `watch`, `view`.
 
 mod config;
 pub(crate) mod control;
