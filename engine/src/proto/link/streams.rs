@@ -1,0 +1,366 @@
+//! The stream API the application calls (open, accept, send, recv, finish, reset,
+//! close) and the per-stream bookkeeping behind it: resets, receive windows and
+//! freeing a finished stream's state.
+
+use super::transmit::stream_room;
+use super::{Event, Link, LinkError, Phase, Recv, StreamError};
+use crate::proto::frame::{self, ErrorCode, Frame, OpenHeader, StreamId, MAX_STREAM_ID};
+use crate::proto::stream::*;
+use bytes::Bytes;
+
+impl Link {
+    fn check_usable(&self) -> Result<(), StreamError> {
+        match self.phase {
+            Phase::Open => Ok(()),
+            Phase::Handshake => Err(StreamError::NotReady),
+            Phase::Closed => Err(StreamError::LinkLost(
+                self.closed.clone().unwrap_or(LinkError::Graceful),
+            )),
+        }
+    }
+
+    /// Opens a stream towards `header`'s destination. The OPEN frame goes out with the
+    /// first bytes written to it (no round trip before data); [`Event::Accepted`] or
+    /// [`Event::Reset`] reports the peer's answer.
+    pub fn open(&mut self, header: OpenHeader) -> Result<StreamId, StreamError> {
+        self.check_usable()?;
+        if self.goaway_sent.is_some() || self.goaway_recv.is_some() {
+            return Err(StreamError::GoingAway);
+        }
+        let n = self.next_local_n;
+        if n > MAX_STREAM_ID >> 1 {
+            return Err(StreamError::IdsExhausted);
+        }
+        if n > self.open_credit {
+            self.open_blocked = true;
+            return Err(StreamError::Limit);
+        }
+        self.next_local_n += 1;
+        let id = (n << 1) | self.parity;
+        let peer_window = self.peer.as_ref().map_or(0, |p| p.initial_window);
+        let s = Stream {
+            flags: LOCAL | OPEN_PENDING | SCHEDULED,
+            send_credit: peer_window,
+            recv_window: self.cfg.initial_window,
+            recv_avail: self.cfg.initial_window,
+            ..Default::default()
+        };
+        self.streams.insert(id, s);
+        self.pending_open.insert(id, header);
+        self.ready.push_back(id);
+        Ok(id)
+    }
+
+    /// Accepts a peer's stream: the peer learns it through a WINDOW frame with ACK.
+    pub fn accept(&mut self, id: StreamId) -> Result<(), StreamError> {
+        self.check_usable()?;
+        let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
+        if s.has(LOCAL) || s.has(ACCEPTED) {
+            return Ok(());
+        }
+        s.set(ACCEPTED);
+        if s.is_reset() {
+            return Ok(());
+        }
+        let inc = std::mem::take(&mut s.recv_unacked);
+        s.recv_avail += inc;
+        frame::encode(
+            &Frame::Window {
+                id,
+                ack: true,
+                increment: inc,
+            },
+            &mut self.ctrl,
+        );
+        Ok(())
+    }
+
+    /// Refuses a peer's stream with `code` (e.g. REFUSED: nobody listens).
+    pub fn refuse(&mut self, id: StreamId, code: ErrorCode) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.set(APP_CLOSED);
+        // Already reset by the peer (OPEN then RESET in one read): nothing to send,
+        // but the state must still go, and the refusal was counted at the RESET.
+        let counted = s.is_reset();
+        self.reset_stream(id, code, false);
+        self.maybe_free(id);
+        if !counted {
+            if let Err(e) = self.count_reset() {
+                self.fail(e);
+            }
+        }
+    }
+
+    /// Queues data; returns how many bytes were taken (0 when the stream's credit is
+    /// full: an [`Event::Writable`] follows when it frees up).
+    pub fn send(&mut self, id: StreamId, data: &mut Bytes) -> Result<usize, StreamError> {
+        self.check_usable()?;
+        let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
+        if s.is_reset() {
+            return Err(StreamError::Reset(ErrorCode(s.reset_code)));
+        }
+        if s.has(FIN_QUEUED) || s.has(APP_CLOSED) {
+            return Err(StreamError::Finished);
+        }
+        // What we queue is bounded by our own limits, not only by the window the peer
+        // grants: a peer advertising 4 GiB and never reading must not make us hold it.
+        let queued = slen(&self.bufs, id);
+        let stream_room = stream_room(s, queued, &self.cfg);
+        let link_room = self
+            .cfg
+            .max_link_send_buffer
+            .saturating_sub(self.send_queued) as usize;
+        let n = stream_room.min(link_room).min(data.len());
+        if n < data.len() {
+            s.set(WRITE_BLOCKED);
+            if link_room < stream_room && !s.has(LINK_WAIT) {
+                s.set(LINK_WAIT);
+                self.link_blocked.push_back(id);
+            }
+        }
+        if n > 0 {
+            push_send(&mut self.bufs, id, data.split_to(n));
+            self.send_queued += n as u64;
+            if !s.has(SCHEDULED) {
+                s.set(SCHEDULED);
+                self.ready.push_back(id);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Bytes that [`Link::send`] would take right now.
+    pub fn send_capacity(&self, id: StreamId) -> usize {
+        self.streams.get(&id).map_or(0, |s| {
+            let link_room = self
+                .cfg
+                .max_link_send_buffer
+                .saturating_sub(self.send_queued);
+            stream_room(s, slen(&self.bufs, id), &self.cfg).min(link_room as usize)
+        })
+    }
+
+    /// Bytes queued to send over all streams of the link.
+    pub fn send_queued(&self) -> u64 {
+        self.send_queued
+    }
+
+    /// Half-closes our direction after queued data (FIN).
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        self.check_usable()?;
+        let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
+        if s.is_reset() {
+            return Err(StreamError::Reset(ErrorCode(s.reset_code)));
+        }
+        if s.has(FIN_QUEUED) {
+            return Ok(());
+        }
+        s.set(FIN_QUEUED);
+        if !s.has(SCHEDULED) {
+            s.set(SCHEDULED);
+            self.ready.push_back(id);
+        }
+        Ok(())
+    }
+
+    /// Reads up to `max` bytes.
+    pub fn recv(&mut self, id: StreamId, max: usize) -> Result<Recv, StreamError> {
+        if self.phase == Phase::Closed {
+            return Err(StreamError::LinkLost(
+                self.closed.clone().unwrap_or(LinkError::Graceful),
+            ));
+        }
+        let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
+        if s.is_reset() && rlen(&self.bufs, id) == 0 && !s.has(FIN_RECV) {
+            return Err(StreamError::Reset(ErrorCode(s.reset_code)));
+        }
+        match pop_recv(&mut self.bufs, id, max) {
+            Some(b) => {
+                if !s.is_reset() {
+                    s.recv_unacked += b.len() as u32;
+                }
+                if rlen(&self.bufs, id) == 0 {
+                    s.clear(READ_NOTIFIED);
+                }
+                self.maybe_send_window(id);
+                Ok(Recv::Data(b))
+            }
+            None if s.has(FIN_RECV) => {
+                s.clear(READ_NOTIFIED);
+                Ok(Recv::Fin)
+            }
+            None => {
+                s.clear(READ_NOTIFIED);
+                Ok(Recv::WouldBlock)
+            }
+        }
+    }
+
+    /// Bytes buffered for reading on a stream.
+    pub fn readable_bytes(&self, id: StreamId) -> usize {
+        rlen(&self.bufs, id)
+    }
+
+    /// Aborts a stream: RESET goes ahead of queued data, queued data is dropped.
+    pub fn reset(&mut self, id: StreamId, code: ErrorCode) {
+        self.reset_stream(id, code, false);
+    }
+
+    /// The application dropped its handle: queued data is still delivered, then FIN;
+    /// data that arrives afterwards is discarded and answered with RESET(CANCELLED).
+    /// The state is freed once both directions are finished.
+    pub fn close(&mut self, id: StreamId) {
+        if self.phase == Phase::Closed {
+            self.streams.remove(&id);
+            self.bufs.remove(&id);
+            return;
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.set(APP_CLOSED);
+        let unread = rlen(&self.bufs, id);
+        if unread > 0 {
+            s.set(DISCARDED);
+            s.recv_unacked += unread as u32;
+            clear_recv(&mut self.bufs, id);
+        }
+        if !s.local_done() && !s.has(FIN_QUEUED) {
+            s.set(FIN_QUEUED);
+            if !s.has(SCHEDULED) {
+                s.set(SCHEDULED);
+                self.ready.push_back(id);
+            }
+        }
+        // Keep the peer's writer moving until our FIN is out.
+        self.maybe_send_window(id);
+        self.maybe_free(id);
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    pub(super) fn send_reset_frame(&mut self, id: StreamId, code: ErrorCode) {
+        frame::encode(&Frame::Reset { id, code }, &mut self.ctrl);
+    }
+
+    /// Resets a stream from our side; `notify` tells the application (for violations
+    /// by the peer, which the application did not ask for).
+    pub(super) fn reset_stream(&mut self, id: StreamId, code: ErrorCode, notify: bool) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.is_reset() {
+            return;
+        }
+        s.set(RESET_SENT);
+        s.reset_code = code.0;
+        self.send_queued -= slen(&self.bufs, id) as u64;
+        clear_send(&mut self.bufs, id);
+        clear_recv(&mut self.bufs, id);
+        let tell = notify && !s.has(APP_CLOSED);
+        // A stream whose OPEN never left is unknown to the peer: nothing to tell it.
+        if self.pending_open.remove(&id).is_none() {
+            self.send_reset_frame(id, code);
+        }
+        self.release_window(id);
+        if tell {
+            self.events.push_back(Event::Reset { id, code });
+        }
+        self.maybe_free(id);
+    }
+
+    /// Returns a stream's window growth to the link budget.
+    pub(super) fn release_window(&mut self, id: StreamId) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            let grown = u64::from(s.recv_window.saturating_sub(self.cfg.initial_window));
+            s.recv_window = self.cfg.initial_window;
+            self.budget_used = self.budget_used.saturating_sub(grown);
+        }
+    }
+
+    /// Sends credit back once half the window was consumed, growing the window of
+    /// streams whose reader keeps up (auto-tuning), within the link budget.
+    fn maybe_send_window(&mut self, id: StreamId) {
+        let max = self.cfg.max_window;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.remote_done() || s.recv_unacked == 0 {
+            return;
+        }
+        // An unaccepted stream gets its credit with the ACK.
+        if !s.has(LOCAL) && !s.has(ACCEPTED) {
+            return;
+        }
+        // Credit goes back once half the window is consumed and the reader has caught
+        // up, or once three quarters are consumed whatever is still buffered. Waiting
+        // for the reader to drain lets the growth check below see whether it keeps up.
+        if s.recv_unacked < s.recv_window / 2
+            || (rlen(&self.bufs, id) > 0 && s.recv_unacked < s.recv_window / 4 * 3)
+        {
+            return;
+        }
+        let mut inc = s.recv_unacked;
+        // The sender ran (nearly) dry while the reader drained everything: the window is
+        // what limits this stream, so grow it.
+        if rlen(&self.bufs, id) <= (s.recv_window / 4) as usize && s.recv_window < max {
+            let want = (u64::from(s.recv_window) * 2).min(u64::from(max));
+            let extra = (want - u64::from(s.recv_window))
+                .min(self.cfg.recv_budget.saturating_sub(self.budget_used));
+            if extra > 0 {
+                s.recv_window += extra as u32;
+                inc += extra as u32;
+                self.budget_used += extra;
+            }
+        }
+        s.recv_unacked = 0;
+        s.recv_avail += inc;
+        frame::encode(
+            &Frame::Window {
+                id,
+                ack: false,
+                increment: inc,
+            },
+            &mut self.ctrl,
+        );
+    }
+
+    pub(super) fn maybe_free(&mut self, id: StreamId) {
+        let Some(s) = self.streams.get(&id) else {
+            return;
+        };
+        if !s.finished() {
+            return;
+        }
+        let local = s.has(LOCAL);
+        self.release_window(id);
+        self.streams.remove(&id);
+        self.bufs.remove(&id);
+        self.pending_open.remove(&id);
+        if !local {
+            self.peer_freed_ungranted += 1;
+            let threshold = (self.cfg.max_streams / 8).clamp(1, 1024);
+            if self.peer_freed_ungranted >= threshold {
+                self.grant_streams();
+            }
+        }
+        self.events.push_back(Event::Freed(id));
+        self.check_drained();
+    }
+
+    fn grant_streams(&mut self) {
+        if self.peer_freed_ungranted == 0 || self.goaway_sent.is_some() {
+            return;
+        }
+        self.peer_credit = (self.peer_credit + self.peer_freed_ungranted).min(MAX_STREAM_ID >> 1);
+        self.peer_freed_ungranted = 0;
+        frame::encode(
+            &Frame::Streams {
+                max: self.peer_credit,
+            },
+            &mut self.ctrl,
+        );
+    }
+}
