@@ -65,6 +65,10 @@ pub struct Limits {
     pub max_reset_streams: u32,
     /// The window of `max_reset_streams`. Default 10 s.
     pub reset_window: Duration,
+    /// Bytes of control frames (routes, services, PING answers) waiting to be sent on
+    /// one link; beyond, the peer does not take what it asks for: GOAWAY
+    /// LIMIT_EXCEEDED. Default 8 MiB.
+    pub max_control_backlog: usize,
     /// Relayed streams in flight per inbound link; beyond, RESET LIMIT_EXCEEDED.
     /// Default 16,384.
     pub max_relayed_streams_per_link: usize,
@@ -93,6 +97,7 @@ impl Default for Limits {
             max_link_send_buffer: 32 << 20,
             max_reset_streams: 1000,
             reset_window: Duration::from_secs(10),
+            max_control_backlog: 8 << 20,
             max_relayed_streams_per_link: 16_384,
             max_relayed_opens_per_sec: 20_000,
             max_upgrade_dials: 4,
@@ -161,6 +166,7 @@ impl NodeConfig {
             max_link_send_buffer: l.max_link_send_buffer,
             max_reset_streams: l.max_reset_streams,
             reset_window: l.reset_window,
+            max_control_backlog: l.max_control_backlog,
             ..self.link.clone()
         }
     }

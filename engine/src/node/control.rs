@@ -35,8 +35,8 @@ pub(crate) enum Msg {
         reply: Option<Reply<NodeId>>,
     },
     LinkDown(LinkId),
-    Routes(LinkId, Vec<RouteEntry>),
-    Services(LinkId, ServicesUpdate),
+    Routes(LinkId, Vec<RouteEntry>, Credit),
+    Services(LinkId, ServicesUpdate, Credit),
     /// We bound or unbound a service, or gained a listen address.
     Local {
         announce: bool,
@@ -53,6 +53,27 @@ pub(crate) enum Msg {
         addr: SocketAddr,
         ok: bool,
     },
+}
+
+/// Messages a link may have waiting at the control task; beyond, the link stops
+/// reading its peer until the control task catches up (backpressure on floods).
+pub(crate) const CONTROL_INFLIGHT: usize = 64;
+
+/// A link's place in the control task's queue, given back once its message is done.
+pub(crate) struct Credit {
+    pub(crate) count: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) shard: u32,
+    pub(crate) link: LinkId,
+}
+
+impl Credit {
+    fn release(self, node: &NodeShared) {
+        use std::sync::atomic::Ordering;
+        if self.count.fetch_sub(1, Ordering::AcqRel) == CONTROL_INFLIGHT {
+            // The link stopped reading at the limit: let it go on.
+            node.push(self.shard, Cmd::Wake(self.link));
+        }
+    }
 }
 
 /// Figures for `stats()`.
@@ -157,11 +178,15 @@ impl Control {
                 let changes = self.plane.link_down(link, &mut out);
                 self.route_changes(&changes, None);
             }
-            Msg::Routes(link, entries) => {
+            Msg::Routes(link, entries, credit) => {
                 let changes = self.plane.routes(link, &entries, &mut out);
                 self.route_changes(&changes, None);
+                credit.release(&self.node);
             }
-            Msg::Services(link, u) => self.plane.services(link, &u, &mut out),
+            Msg::Services(link, u, credit) => {
+                self.plane.services(link, &u, &mut out);
+                credit.release(&self.node);
+            }
             Msg::Local { announce, entry } => self.local_change(announce, entry, &mut out),
             Msg::Dial(w) => self.dial(w),
             Msg::WatchServices(tx) => {
@@ -248,7 +273,9 @@ impl Control {
             if announce {
                 self.local.insert(name.clone(), entry.port);
             } else {
-                self.local.remove(&name);
+                if self.local.get(&name) == Some(&entry.port) {
+                    self.local.remove(&name);
+                }
             }
             if self.node.cfg.role != Role::Client {
                 self.watchers.service(if announce {
@@ -356,22 +383,35 @@ impl Control {
     }
 
     fn dial(&mut self, w: DialWait) {
+        if let Some(w) = self.dispatch(w) {
+            let id = self.next_wait;
+            self.next_wait += 1;
+            self.deadlines.push(Reverse((w.deadline, id)));
+            self.park(id, w);
+        }
+    }
+
+    /// Sends the dial to its link's shard if its service is known; else gives it back.
+    fn dispatch(&self, w: DialWait) -> Option<DialWait> {
         if w.reply.is_canceled() {
-            return;
+            return None;
         }
-        if let Some(req) = self.try_dial(&w) {
-            self.node.push(
-                req.shard,
-                Cmd::Dial {
-                    req,
-                    reply: w.reply,
-                },
-            );
-            return;
+        match self.try_dial(&w) {
+            Some(req) => {
+                self.node.push(
+                    req.shard,
+                    Cmd::Dial {
+                        req,
+                        reply: w.reply,
+                    },
+                );
+                None
+            }
+            None => Some(w),
         }
-        let id = self.next_wait;
-        self.next_wait += 1;
-        self.deadlines.push(Reverse((w.deadline, id)));
+    }
+
+    fn park(&mut self, id: u64, w: DialWait) {
         self.waits_by_name
             .entry(w.name.clone())
             .or_default()
@@ -385,8 +425,11 @@ impl Control {
         };
         for id in ids {
             if let Some(w) = self.waits.remove(&id) {
-                // Dispatched now, or back in the queue (another port was announced).
-                self.dial(w);
+                // Dispatched now, or back in the queue under the same id and deadline
+                // (another port of the name was announced).
+                if let Some(w) = self.dispatch(w) {
+                    self.park(id, w);
+                }
             }
         }
     }

@@ -80,11 +80,10 @@ fn addr_entry(addr: &str) -> Entry {
 impl NodeShared {
     pub(crate) fn unbind(&self, port: u32) {
         let env = self.cfg.env.clone();
-        let name = self
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .release(port, |n| service_entry(&env, n, port).wire_len());
+        // Commands go out under the registry lock, so a bind of the same name that
+        // follows is seen after this unbind everywhere.
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let name = r.release(port, |n| service_entry(&env, n, port).wire_len());
         self.push_all(|| Cmd::Unlisten(port));
         if let Some(n) = name {
             self.control(Msg::Local {
@@ -92,6 +91,7 @@ impl NodeShared {
                 entry: service_entry(&env, &n, port),
             });
         }
+        drop(r);
     }
 
     /// Reconnects a joined address after its link was lost, with backoff. One thread
@@ -364,6 +364,13 @@ impl NodeCore {
             name: spec.name.clone(),
             tx,
         };
+        // From here on, dropping the handle (also on the error path) unbinds.
+        let listener = ListenerRef {
+            node: self.shared.clone(),
+            port,
+            name: spec.name.clone(),
+            rx,
+        };
         // Every shard routes to the listener before `bind` returns (a dial right after
         // it must find it) and before anyone hears of it.
         let mut acks = Vec::new();
@@ -382,12 +389,7 @@ impl NodeCore {
                 entry: service_entry(env, n, port),
             });
         }
-        Ok(ListenerRef {
-            node: self.shared.clone(),
-            port,
-            name: spec.name,
-            rx,
-        })
+        Ok(listener)
     }
 
     /// Starts a dial. A service not announced yet is waited for until `deadline`,

@@ -82,6 +82,9 @@ struct Origin {
     /// whatever its version.
     resync: bool,
     entries: HashSet<Entry>,
+    /// Bytes the entries take on the wire: our full update about the origin must fit
+    /// one frame, however many diffs built it up.
+    bytes: usize,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -348,6 +351,7 @@ impl Discovery {
             link,
             resync: false,
             entries: HashSet::new(),
+            bytes: 0,
         });
         let mut addrs = false;
         for e in o.entries.difference(&new) {
@@ -366,6 +370,7 @@ impl Discovery {
             });
         }
         self.entries_held = self.entries_held - o.entries.len() + new.len();
+        o.bytes = new.iter().map(Entry::wire_len).sum();
         o.entries = new;
         o.version = u.version;
         o.resync = false;
@@ -402,14 +407,17 @@ impl Discovery {
             out.sends.push(Send::To(link, request(origin)));
             return false;
         }
-        let adds = u
-            .ops
-            .iter()
-            .filter(|op| op.announce && !o.entries.contains(&Entry::from_op(op)))
-            .count();
+        let (mut adds, mut add_bytes) = (0, 0);
+        for e in u.ops.iter().filter(|op| op.announce).map(Entry::from_op) {
+            if !o.entries.contains(&e) {
+                adds += 1;
+                add_bytes += e.wire_len();
+            }
+        }
         let usage = self.usage.get(&link).copied().unwrap_or_default();
         if o.entries.len() + adds > self.limits.max_entries_per_origin
             || usage.entries + adds > self.limits.max_entries_per_link
+            || o.bytes + add_bytes > self.limits.max_update_bytes
         {
             self.limit_hits += 1;
             return false;
@@ -425,6 +433,11 @@ impl Discovery {
                 o.entries.remove(&e)
             };
             if changed {
+                if op.announce {
+                    o.bytes += e.wire_len();
+                } else {
+                    o.bytes -= e.wire_len();
+                }
                 out.seen.push(Seen {
                     up: op.announce,
                     origin,
@@ -452,6 +465,15 @@ impl Discovery {
             return;
         };
         match self.origins.get_mut(&node) {
+            Some(o)
+                if o.link != r.link
+                    && !fits(&self.usage, &self.limits, r.link, o.entries.len()) =>
+            {
+                // The new link is at its caps: hold nothing about the origin until it
+                // answers for it in full, within them.
+                self.forget(node, out);
+                out.sends.push(Send::To(r.link, request(node)));
+            }
             Some(o) if o.link != r.link => {
                 // Another link speaks for the origin now: keep what we hold (the new
                 // route vouches for the origin), and ask that link for the whole.
@@ -531,6 +553,17 @@ impl Discovery {
             });
         }
     }
+}
+
+/// Whether `link` can take one more origin with `entries` entries.
+fn fits(
+    usage: &HashMap<LinkId, Usage>,
+    limits: &DiscoveryLimits,
+    link: LinkId,
+    entries: usize,
+) -> bool {
+    let u = usage.get(&link).copied().unwrap_or_default();
+    u.origins < limits.max_origins_per_link && u.entries + entries <= limits.max_entries_per_link
 }
 
 #[cfg(test)]
@@ -841,6 +874,109 @@ mod tests {
             &mut out,
         );
         assert_eq!(d.limit_hits, 6);
+    }
+
+    #[test]
+    fn an_origin_built_by_diffs_still_fits_one_frame() {
+        let mut d = Discovery::new(
+            ME,
+            true,
+            true,
+            DiscoveryLimits {
+                max_update_bytes: 100,
+                ..limits()
+            },
+        );
+        let mut out = Out::default();
+        d.on_update(
+            10,
+            &upd(
+                O,
+                true,
+                0,
+                1,
+                vec![op(true, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")],
+            ),
+            route(10),
+            &mut out,
+        );
+        let mut v = 1;
+        for name in [
+            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+            "cccccccccccccccccccccccccccccc",
+            "dddddddddddddddddddddddddddddd",
+        ] {
+            d.on_update(
+                10,
+                &upd(O, false, v, v + 1, vec![op(true, name)]),
+                route(10),
+                &mut out,
+            );
+            v += 1;
+        }
+        // Each entry is 37 bytes: two fit in 100, the third diff is refused (and the
+        // one after it, built on the refused version, is a gap: asked for in full).
+        assert_eq!(d.entries_of(O).count(), 2);
+        assert_eq!(d.limit_hits, 1);
+        // Withdrawing makes room again.
+        d.on_update(
+            10,
+            &upd(
+                O,
+                false,
+                2,
+                3,
+                vec![op(false, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")],
+            ),
+            route(10),
+            &mut out,
+        );
+        d.on_update(
+            10,
+            &upd(
+                O,
+                false,
+                3,
+                4,
+                vec![op(true, "dddddddddddddddddddddddddddddd")],
+            ),
+            route(10),
+            &mut out,
+        );
+        assert_eq!(d.entries_of(O).count(), 2);
+        d.check(|_| Some(10));
+    }
+
+    #[test]
+    fn a_route_move_respects_the_new_links_caps() {
+        let mut d = Discovery::new(
+            ME,
+            true,
+            true,
+            DiscoveryLimits {
+                max_origins_per_link: 1,
+                ..limits()
+            },
+        );
+        let mut out = Out::default();
+        d.on_update(
+            10,
+            &upd(O, true, 0, 1, vec![op(true, "a")]),
+            route(10),
+            &mut out,
+        );
+        d.on_update(
+            11,
+            &upd(NodeId(3), true, 0, 1, vec![op(true, "b")]),
+            route(11),
+            &mut out,
+        );
+        // O's route moves to link 11, which already holds its one origin.
+        let mut out = Out::default();
+        d.on_route(O, route(11), &mut out);
+        assert_eq!(d.origin_count(), 1);
+        assert_eq!(requests(&out), [(11, O.0)]);
+        d.check(|n| Some(if n == O { 11 } else { 11 }));
     }
 
     #[test]

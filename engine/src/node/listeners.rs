@@ -112,7 +112,10 @@ impl Table {
 
     pub(crate) fn remove(&mut self, port: u32) {
         if let Some(n) = self.by_port.remove(&port).and_then(|e| e.name) {
-            self.by_name.remove(&n);
+            // Only if the name still points here (it may have been bound again).
+            if self.by_name.get(&n) == Some(&port) {
+                self.by_name.remove(&n);
+            }
         }
     }
 

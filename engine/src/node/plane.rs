@@ -35,9 +35,16 @@ impl Plane {
         shard: u32,
         out: &mut Out,
     ) -> Vec<Change> {
-        let changes = self.routing.link_up(link, peer, shard);
+        // Link ids are never reused; should one come up twice, the old link is gone.
+        let mut changes = if self.routing.peer_of(link).is_some() {
+            self.link_down(link, out)
+        } else {
+            Vec::new()
+        };
+        let up = self.routing.link_up(link, peer, shard);
         self.discovery.link_up(link, out);
-        self.routed(&changes, out);
+        self.routed(&up, out);
+        changes.extend(up);
         changes
     }
 

@@ -25,6 +25,9 @@ pub(crate) const SCHEDULED: u16 = 1 << 11;
 pub(crate) const LOCAL: u16 = 1 << 12;
 /// Queued in `Link::link_blocked`, waiting for room in the link's send buffer.
 pub(crate) const LINK_WAIT: u16 = 1 << 13;
+/// Opened by the neighbour itself (not relayed through it): its resets and our
+/// refusals count against the neighbour's reset budget.
+pub(crate) const FROM_PEER: u16 = 1 << 14;
 
 /// A stream's queued bytes, kept apart from [`Stream`] and only while non-empty.
 #[derive(Debug, Default)]

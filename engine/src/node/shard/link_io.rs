@@ -101,7 +101,7 @@ impl Shard {
                 let (wants, closed) = {
                     let st = self.st.borrow();
                     match st.links.get(&link) {
-                        Some(s) => (s.core.wants_input(), s.closed),
+                        Some(s) => (s.wants_input(), s.closed),
                         None => return Poll::Ready(()),
                     }
                 };
@@ -135,6 +135,19 @@ impl Shard {
                                     self.drain_events(&mut st, link);
                                 }
                             }
+                        }
+                    }
+                }
+                if !wants || !read_open {
+                    // Not reading. If that is the peer's doing (it does not take our
+                    // control frames, or closed its side), its silence can be judged
+                    // now; if we are the ones behind (the control task), it waits.
+                    let mut st = self.st.borrow_mut();
+                    if let Some(slot) = st.links.get_mut(&link) {
+                        if slot.verify_silence && (!slot.core.wants_input() || !read_open) {
+                            slot.verify_silence = false;
+                            slot.core.handle_timeout(Instant::now());
+                            self.drain_events(&mut st, link);
                         }
                     }
                 }

@@ -74,6 +74,44 @@ pub(crate) struct LinkSlot {
     /// The IO task must stop at once (write stall, or a flush that took too long).
     abort_io: bool,
     pub(crate) relays: RelayBudget,
+    /// This link's messages waiting at the control task (see `control::Credit`).
+    control_inflight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl LinkSlot {
+    fn new(core: Link, kind: LinkKind, node: &NodeShared, now: Instant) -> Self {
+        LinkSlot {
+            core,
+            kind,
+            peer: None,
+            join: None,
+            up_reply: None,
+            handshaking: false,
+            expect: None,
+            closed: false,
+            closed_at: None,
+            verify_silence: false,
+            write_blocked_since: None,
+            abort_io: false,
+            relays: RelayBudget::new(&node.cfg.limits, now),
+            control_inflight: Arc::default(),
+        }
+    }
+
+    /// Whether the IO task should read the peer now.
+    pub(crate) fn wants_input(&self) -> bool {
+        self.core.wants_input()
+            && self.control_inflight.load(Ordering::Acquire) < control::CONTROL_INFLIGHT
+    }
+
+    fn credit(&self, shard: u32, link: LinkId) -> control::Credit {
+        self.control_inflight.fetch_add(1, Ordering::AcqRel);
+        control::Credit {
+            count: self.control_inflight.clone(),
+            shard,
+            link,
+        }
+    }
 }
 
 /// A write the core could not take whole yet (it waits for credit). Its reply goes
@@ -274,6 +312,10 @@ impl Shard {
         futures_lite::future::yield_now().await;
         let r = glommio::net::TcpStream::connect_timeout(addr, Duration::from_secs(2)).await;
         let ok = match r {
+            Ok(_) if self.node.links.load(Ordering::Relaxed) >= self.node.cfg.limits.max_links => {
+                tracing::debug!(%origin, %addr, "direct upgrade skipped: at the link limit");
+                false
+            }
             Ok(s) => {
                 let _ = s.set_nodelay(true);
                 let id = self.node.new_link_id();
@@ -409,24 +451,12 @@ impl Shard {
         let core = Link::new(self.node.cfg.link_config(None), now);
         {
             let mut st = self.st.borrow_mut();
-            st.links.insert(
-                id,
-                LinkSlot {
-                    core,
-                    kind: LinkKind::Io { waker: None },
-                    peer: None,
-                    join,
-                    up_reply: reply,
-                    handshaking: accepted,
-                    expect,
-                    closed: false,
-                    closed_at: None,
-                    verify_silence: false,
-                    write_blocked_since: None,
-                    abort_io: false,
-                    relays: RelayBudget::new(&self.node.cfg.limits, now),
-                },
-            );
+            let mut slot = LinkSlot::new(core, LinkKind::Io { waker: None }, &self.node, now);
+            slot.join = join;
+            slot.up_reply = reply;
+            slot.handshaking = accepted;
+            slot.expect = expect;
+            st.links.insert(id, slot);
             if st.stopping {
                 if let Some(slot) = st.links.get_mut(&id) {
                     slot.core.transport_closed("node is shutting down");
@@ -442,23 +472,10 @@ impl Shard {
         let now = Instant::now();
         let mut st = self.st.borrow_mut();
         for (id, other, parity) in [(a, b, 1), (b, a, 0)] {
+            let core = Link::new(self.node.cfg.link_config(Some(parity)), now);
             st.links.insert(
                 id,
-                LinkSlot {
-                    core: Link::new(self.node.cfg.link_config(Some(parity)), now),
-                    kind: LinkKind::Loopback { other },
-                    peer: None,
-                    join: None,
-                    up_reply: None,
-                    handshaking: false,
-                    expect: None,
-                    closed: false,
-                    closed_at: None,
-                    verify_silence: false,
-                    write_blocked_since: None,
-                    abort_io: false,
-                    relays: RelayBudget::new(&self.node.cfg.limits, now),
-                },
+                LinkSlot::new(core, LinkKind::Loopback { other }, &self.node, now),
             );
         }
         // Complete the in-memory handshake now, before any dial can arrive.
@@ -586,12 +603,15 @@ impl Shard {
                 }
                 Event::Services(u) => {
                     if slot.peer.is_some() {
-                        self.node.control(control::Msg::Services(link, u));
+                        let credit = slot.credit(self.idx, link);
+                        self.node.control(control::Msg::Services(link, u, credit));
                     }
                 }
                 Event::Routes(entries) => {
                     if slot.peer.is_some() {
-                        self.node.control(control::Msg::Routes(link, entries));
+                        let credit = slot.credit(self.idx, link);
+                        self.node
+                            .control(control::Msg::Routes(link, entries, credit));
                     }
                 }
                 Event::Closed(why) => self.on_closed(st, link, why),

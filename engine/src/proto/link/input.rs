@@ -30,7 +30,7 @@ impl Link {
             Err(e) => {
                 let code = match e {
                     LinkError::Frame(FrameError::TooLarge { .. }) => ErrorCode::FRAME_SIZE,
-                    LinkError::Limit(_) => ErrorCode::EXCESSIVE_RESETS,
+                    LinkError::Limit { code, .. } => code,
                     _ => ErrorCode::PROTOCOL,
                 };
                 self.send_goaway_frame(code, &e.to_string());
@@ -231,6 +231,15 @@ impl Link {
         if fin {
             s.set(FIN_RECV);
         }
+        // Streams other nodes opened through the neighbour are not the neighbour's
+        // doing: only its own count against its reset budget.
+        if self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.node_id == header.src_node)
+        {
+            s.set(FROM_PEER);
+        }
         self.streams.insert(id, s);
         self.events.push_back(Event::Incoming { id, header });
         Ok(())
@@ -314,7 +323,7 @@ impl Link {
         };
         // A stream the peer opened and reset before we accepted it cost us work for
         // nothing (HTTP/2 "rapid reset"): it counts against the reset budget.
-        let unaccepted = !s.has(LOCAL) && !s.has(ACCEPTED) && !s.is_reset();
+        let unaccepted = s.has(FROM_PEER) && !s.has(ACCEPTED) && !s.is_reset();
         self.reset_by_peer(id, code);
         if unaccepted {
             self.count_reset()?;
@@ -332,9 +341,10 @@ impl Link {
         }
         *n += 1;
         if *n > self.cfg.max_reset_streams {
-            return Err(LinkError::Limit(
-                "too many streams reset before they were accepted, or refused",
-            ));
+            return Err(LinkError::Limit {
+                code: ErrorCode::EXCESSIVE_RESETS,
+                what: "too many streams reset before they were accepted, or refused",
+            });
         }
         Ok(())
     }

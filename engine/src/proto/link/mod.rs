@@ -63,6 +63,9 @@ pub struct LinkConfig {
     pub max_reset_streams: u32,
     /// The window `max_reset_streams` counts over.
     pub reset_window: Duration,
+    /// Most bytes of control frames (routes, services, PING answers, ...) waiting to be
+    /// sent; beyond, the peer does not take what it asks for: GOAWAY LIMIT_EXCEEDED.
+    pub max_control_backlog: usize,
 }
 
 impl Default for LinkConfig {
@@ -83,6 +86,7 @@ impl Default for LinkConfig {
             max_link_send_buffer: 32 * 1024 * 1024,
             max_reset_streams: 1000,
             reset_window: Duration::from_secs(10),
+            max_control_backlog: 8 * 1024 * 1024,
         }
     }
 }
@@ -134,9 +138,15 @@ pub enum LinkError {
     /// The peer did not read what we had for it for this long.
     #[error("peer stopped reading: nothing could be written for {0:?}")]
     WriteStall(Duration),
-    /// The peer went past one of our limits (PROTOCOL.md §13).
-    #[error("peer exceeded a limit: {0}")]
-    Limit(&'static str),
+    /// The peer went past one of our limits (PROTOCOL.md §13); `code` is what the
+    /// GOAWAY said.
+    #[error("peer exceeded a limit: {what}")]
+    Limit {
+        /// The GOAWAY code (EXCESSIVE_RESETS, LIMIT_EXCEEDED).
+        code: ErrorCode,
+        /// Which limit.
+        what: &'static str,
+    },
 }
 
 /// Why a stream operation failed.
@@ -387,7 +397,7 @@ impl Link {
             return;
         }
         let code = match e {
-            LinkError::Limit(_) => ErrorCode::EXCESSIVE_RESETS,
+            LinkError::Limit { code, .. } => code,
             LinkError::Timeout(_) | LinkError::WriteStall(_) => ErrorCode::TIMEOUT,
             _ => ErrorCode::PROTOCOL,
         };

@@ -82,8 +82,9 @@ impl Link {
         };
         s.set(APP_CLOSED);
         // Already reset by the peer (OPEN then RESET in one read): nothing to send,
-        // but the state must still go, and the refusal was counted at the RESET.
-        let counted = s.is_reset();
+        // but the state must still go, and the refusal was counted at the RESET. A
+        // stream another node opened through the neighbour is not counted.
+        let counted = s.is_reset() || !s.has(FROM_PEER);
         self.reset_stream(id, code, false);
         self.maybe_free(id);
         if !counted {

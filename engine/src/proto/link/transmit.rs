@@ -1,7 +1,7 @@
 //! Output: control frames first, then streams taking turns, written into the
 //! caller's buffer by [`Link::poll_transmit`].
 
-use super::{Event, Link, LinkConfig, Phase};
+use super::{Event, Link, LinkConfig, LinkError, Phase};
 use crate::proto::frame::{self, ErrorCode, Frame, FrameType, StreamId, FLAG_FIN};
 use crate::proto::stream::*;
 use bytes::{BufMut, BytesMut};
@@ -133,6 +133,15 @@ impl Link {
             FrameType::Services | FrameType::Routes | FrameType::Ping
         ));
         frame::encode(f, &mut self.ctrl);
+        // What a peer asks for (REQUEST answers, whole tables) but does not take piles
+        // up here: bounded, like everything a peer can make us hold.
+        if self.ctrl.len() > self.cfg.max_control_backlog {
+            self.ctrl.clear();
+            self.fail(LinkError::Limit {
+                code: ErrorCode::LIMIT_EXCEEDED,
+                what: "peer does not take the control frames it asks for",
+            });
+        }
     }
 }
 
