@@ -65,13 +65,16 @@ pub mod forward;
 pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod pipe;
 mod stream;
 #[cfg(feature = "tokio")]
 mod tokio_io;
 
 pub use astranet_engine::{
-    Addr, Limits, NodeId, NodeStats, Role, RouteEvent, RouteInfo, ServiceEvent, ServiceInfo,
+    Addr, Limits, LinkInfo, NodeId, NodeStats, Role, RouteEvent, RouteInfo, ServiceEvent,
+    ServiceInfo,
 };
 pub use pipe::{pipe, PipeEnd, PipeReader, PipeWriter};
 pub use stream::{AsyncStream, Stream, MAX_IN_FLIGHT, MAX_WRITE};
@@ -427,7 +430,24 @@ impl Node {
         }
     }
 
-    /// Node-wide figures: links, streams, what peers announced, limits hit.
+    /// Every link to another node: peer, socket address, round-trip time (measured by
+    /// keep-alive PINGs), streams, bytes, age.
+    ///
+    /// ```
+    /// let a = astranet::Node::builder().shards(1).build()?;
+    /// let b = astranet::Node::builder().shards(1).build()?;
+    /// b.join(&a.listen("127.0.0.1:0")?.to_string())?;
+    /// let links = b.links()?;
+    /// assert_eq!(links.len(), 1);
+    /// assert_eq!(links[0].peer, Some(a.id()));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn links(&self) -> io::Result<Vec<LinkInfo>> {
+        self.inner.core.links()
+    }
+
+    /// Node-wide figures: links, streams, traffic, resets, relays, what peers
+    /// announced, limits hit.
     ///
     /// ```
     /// let node = astranet::Node::builder().shards(1).build()?;

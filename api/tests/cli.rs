@@ -335,8 +335,11 @@ fn services_and_routes_json_match_the_nodes_view() {
         b"",
     );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["neighbours"], serde_json::json!([n_id]));
-    assert!(v["links"].as_u64().unwrap() >= 1);
+    assert_eq!(v["links"].as_u64(), Some(1));
+    let list = v["list"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["peer"], serde_json::json!(n_id));
+    assert_eq!(list[0]["addr"], serde_json::json!(addr));
 
     let table = run(&["services", "--join", &addr, "--wait", "1s"], b"");
     assert!(table.starts_with("NAME"), "{table}");
@@ -416,4 +419,95 @@ fn echo_serving_keeps_threads_bounded_under_3000_streams() {
         );
         client.shutdown();
     }
+}
+
+/// GETs `path` from `addr` over plain HTTP/1.1; returns the body.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    body.to_string()
+}
+
+/// The value of the first sample of `series` in a Prometheus text body.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn metrics_scrape_has_the_documented_series_and_they_move_under_load() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let maddr = format!("127.0.0.1:{port}");
+    let (p, addr) = router(&["--serve", "echo", "--metrics", &maddr]);
+    p.line_with("metrics on");
+    let client = Node::builder().shards(1).build().unwrap();
+    client.join(&addr).unwrap();
+    let scrape = |want_links: bool| {
+        let mut body = String::new();
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                body = http_get(&maddr, "/metrics");
+                sample(&body, "astranet_links").is_some_and(|v| !want_links || v >= 1.0)
+            }),
+            "no astranet_links series: {body}"
+        );
+        body
+    };
+    let before = scrape(true);
+    for series in [
+        "astranet_links",
+        "astranet_streams",
+        "astranet_routes",
+        "astranet_bytes_in_total",
+        "astranet_bytes_out_total",
+        "astranet_frames_in_total",
+        "astranet_streams_opened_total",
+        "astranet_limit_hits_total",
+        "astranet_link_rtt_seconds",
+    ] {
+        assert!(
+            sample(&before, series).is_some(),
+            "{series} missing:\n{before}"
+        );
+    }
+    // Load: 1 MiB echoed.
+    let data = pattern(7, 1 << 20);
+    let mut s = client.dial("echo").unwrap();
+    let mut r = s.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).map(|_| got)
+    });
+    s.write_all(&data).unwrap();
+    s.shutdown_write().unwrap();
+    assert_eq!(reader.join().unwrap().unwrap(), data);
+    let bytes = |b: &str| sample(b, "astranet_bytes_in_total").unwrap();
+    let opened = |b: &str| sample(b, "astranet_streams_opened_total").unwrap();
+    let mut after = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            after = http_get(&maddr, "/metrics");
+            bytes(&after) >= bytes(&before) + (1 << 20) as f64 && opened(&after) > opened(&before)
+        }),
+        "counters did not move: before {} / {}, after {} / {}",
+        bytes(&before),
+        opened(&before),
+        bytes(&after),
+        opened(&after)
+    );
+    client.shutdown();
 }

@@ -12,8 +12,8 @@ pub mod proto;
 mod types;
 
 pub use node::{
-    block_on_until, node_gone, wait_timeout, Chunks, Incoming, Limits, ListenerRef, NodeConfig,
-    NodeCore, NodeStats, Role, RouteEvent, RouteInfo, Rx, ServiceEvent, ServiceInfo, StreamRef,
-    Wait,
+    block_on_until, node_gone, wait_timeout, Chunks, Incoming, Limits, LinkInfo, ListenerRef,
+    NodeConfig, NodeCore, NodeStats, Role, RouteEvent, RouteInfo, Rx, ServiceEvent, ServiceInfo,
+    StreamRef, Wait,
 };
 pub use types::{valid_name, Addr, BindSpec, NodeId, ParseError, Target};

@@ -46,6 +46,70 @@ pub struct NodeStats {
     pub routes: usize,
     /// Times a peer hit one of this node's limits since it started.
     pub limit_hits: u64,
+    /// Bytes received on links since the node started (all links, closed ones too).
+    pub bytes_in: u64,
+    /// Bytes sent on links since the node started.
+    pub bytes_out: u64,
+    /// Frames received since the node started.
+    pub frames_in: u64,
+    /// Frames sent since the node started.
+    pub frames_out: u64,
+    /// Streams opened since the node started: dialed by us, or accepted from peers.
+    pub streams_opened: u64,
+    /// Streams peers opened that this node refused (no listener, backlog full, not a
+    /// router, no route, limits), since it started.
+    pub refused_opens: u64,
+    /// Resets received from peers, by error code (PROTOCOL.md §12).
+    pub resets_by_code: std::collections::BTreeMap<u32, u64>,
+    /// Streams this node relayed for others since it started, and those relayed now.
+    pub relayed_streams: u64,
+    /// Relayed streams in flight now.
+    pub relaying: usize,
+    /// Bytes this node relayed for others (both directions) since it started.
+    pub relayed_bytes: u64,
+}
+
+/// One link to another node, from [`NodeCore::links`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The peer (unknown while the handshake runs).
+    pub peer: Option<NodeId>,
+    /// The peer's socket address (TCP links).
+    pub addr: Option<SocketAddr>,
+    /// Round-trip time measured by the latest answered keep-alive PING.
+    pub rtt: Option<Duration>,
+    /// Streams with state on the link.
+    pub streams: usize,
+    /// Bytes received and sent on the link.
+    pub bytes_in: u64,
+    /// Bytes sent on the link.
+    pub bytes_out: u64,
+    /// How long the link exists.
+    pub age: Duration,
+}
+
+impl NodeStats {
+    /// Adds another shard's figures.
+    pub(crate) fn add(&mut self, s: &NodeStats) {
+        self.links += s.links;
+        self.handshaking += s.handshaking;
+        self.streams += s.streams;
+        self.origins += s.origins;
+        self.service_entries += s.service_entries;
+        self.routes += s.routes;
+        self.bytes_in += s.bytes_in;
+        self.bytes_out += s.bytes_out;
+        self.frames_in += s.frames_in;
+        self.frames_out += s.frames_out;
+        self.streams_opened += s.streams_opened;
+        self.refused_opens += s.refused_opens;
+        for (c, n) in &s.resets_by_code {
+            *self.resets_by_code.entry(*c).or_default() += n;
+        }
+        self.relayed_streams += s.relayed_streams;
+        self.relaying += s.relaying;
+        self.relayed_bytes += s.relayed_bytes;
+    }
 }
 
 /// Blocking wait for a reply that carries an `io::Result`.
@@ -556,6 +620,20 @@ impl NodeCore {
         }
     }
 
+    /// Every link to another node, with its peer, address, RTT and traffic.
+    pub fn links(&self) -> io::Result<Vec<LinkInfo>> {
+        self.check_running()?;
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        let mut out = Vec::new();
+        for i in 0..self.shared.inboxes.len() as u32 {
+            let (tx, rx) = oneshot::channel();
+            self.shared.push(i, Cmd::Links { reply: tx });
+            out.extend(wait_reply(rx, deadline)?);
+        }
+        out.sort_by_key(|l| (l.peer, l.addr));
+        Ok(out)
+    }
+
     /// Node-wide figures, summed over all shards.
     pub fn stats(&self) -> io::Result<NodeStats> {
         self.check_running()?;
@@ -564,13 +642,7 @@ impl NodeCore {
         for i in 0..self.shared.inboxes.len() as u32 {
             let (tx, rx) = oneshot::channel();
             self.shared.push(i, Cmd::Stats { reply: tx });
-            let s = wait_reply(rx, deadline)?;
-            total.links += s.links;
-            total.handshaking += s.handshaking;
-            total.streams += s.streams;
-            total.origins += s.origins;
-            total.service_entries += s.service_entries;
-            total.routes += s.routes;
+            total.add(&wait_reply(rx, deadline)?);
         }
         // Read last: the shards' figures include every input processed so far.
         total.limit_hits = self.shared.limit_hits.load(Ordering::Relaxed);

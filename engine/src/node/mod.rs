@@ -35,7 +35,7 @@ mod view;
 mod wait;
 mod watch;
 
-pub use self::core::{NodeCore, NodeStats};
+pub use self::core::{LinkInfo, NodeCore, NodeStats};
 pub use config::{Limits, NodeConfig, Role};
 pub use errors::node_gone;
 pub use handle::{Chunks, Incoming, ListenerRef, Rx, StreamRef};
@@ -117,6 +117,9 @@ pub(crate) enum Cmd {
     },
     Stats {
         reply: Reply<NodeStats>,
+    },
+    Links {
+        reply: Reply<Vec<LinkInfo>>,
     },
     /// For the control task (shard 0 only).
     Control(control::Msg),

@@ -64,6 +64,11 @@ impl RelayBudget {
         }
     }
 
+    /// Relayed streams in flight on the link.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
     /// A place for one more relayed stream, if the link is within its limits.
     pub(crate) fn take(&mut self, now: Instant) -> Option<RelayGuard> {
         let dt = now.saturating_duration_since(self.refilled).as_secs_f64();
@@ -81,7 +86,7 @@ impl RelayBudget {
 /// Moves one direction of a relayed stream: reads from `from` only once the previous
 /// bytes were taken by `to` (within its credit), so backpressure holds end to end and
 /// the relay holds at most [`RELAY_CHUNK`] per direction beyond the streams' windows.
-async fn pump(from: StreamRef, to: StreamRef, _guard: Rc<RelayGuard>) {
+async fn pump(from: StreamRef, to: StreamRef, _guard: Rc<RelayGuard>, relayed: Rc<Cell<u64>>) {
     loop {
         let mut chunks = match from.read(RELAY_CHUNK).await {
             Ok(Ok(c)) => c,
@@ -97,6 +102,7 @@ async fn pump(from: StreamRef, to: StreamRef, _guard: Rc<RelayGuard>) {
         }
         // Hand every chunk over at once (the shard keeps a stream's writes in order),
         // then wait for all of them: at most RELAY_CHUNK bytes are in flight.
+        relayed.set(relayed.get() + chunks.len() as u64);
         let mut pending = Vec::new();
         while let Some(b) = chunks.pop_chunk() {
             pending.push(to.write(b));
@@ -128,6 +134,7 @@ impl Shard {
                 slot.core.refuse(key.id, code);
             }
             st.dirty.push(key.link);
+            self.totals.borrow_mut().refused_opens += 1;
         };
         if !self.node.is_router() {
             return refuse(st, ErrorCode::NOT_ROUTER);
@@ -210,8 +217,15 @@ impl Shard {
         let inbound = StreamRef::new(self.node.clone(), self.idx, key, local, peer);
         let (i2, o2) = (inbound.try_clone(), out.try_clone());
         let guard = Rc::new(guard);
-        glommio::spawn_local(pump(inbound, out, guard.clone())).detach();
-        glommio::spawn_local(pump(o2, i2, guard)).detach();
+        self.totals.borrow_mut().relayed_streams += 1;
+        glommio::spawn_local(pump(
+            inbound,
+            out,
+            guard.clone(),
+            self.relayed_bytes.clone(),
+        ))
+        .detach();
+        glommio::spawn_local(pump(o2, i2, guard, self.relayed_bytes.clone())).detach();
     }
 
     fn refuse_now(self: &Rc<Self>, key: StreamKey, code: ErrorCode) {

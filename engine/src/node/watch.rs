@@ -37,28 +37,34 @@ impl Watchers {
         send_all(&mut self.routes, ev);
     }
 
-    /// Adds a watcher that first hears `current`.
+    /// Adds a services watcher that first hears `current`.
     pub(crate) fn add_services(
         &mut self,
         tx: async_channel::Sender<ServiceEvent>,
         current: impl Iterator<Item = ServiceEvent>,
     ) {
-        let mut one = vec![tx];
-        for ev in current {
-            send_all(&mut one, ev);
-        }
-        self.services.extend(one);
+        add(&mut self.services, tx, current);
     }
 
+    /// Adds a routes watcher that first hears `current`.
     pub(crate) fn add_routes(
         &mut self,
         tx: async_channel::Sender<RouteEvent>,
         current: impl Iterator<Item = RouteEvent>,
     ) {
-        let mut one = vec![tx];
-        for ev in current {
-            send_all(&mut one, ev);
-        }
-        self.routes.extend(one);
+        add(&mut self.routes, tx, current);
     }
+}
+
+/// Adds `tx` to `list` once it heard `current` (unless it fell behind already).
+fn add<E: Clone>(
+    list: &mut Vec<async_channel::Sender<E>>,
+    tx: async_channel::Sender<E>,
+    current: impl Iterator<Item = E>,
+) {
+    let mut one = vec![tx];
+    for ev in current {
+        send_all(&mut one, ev);
+    }
+    list.extend(one);
 }

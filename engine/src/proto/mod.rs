@@ -13,4 +13,4 @@ pub use bufqueue::BufQueue;
 pub use frame::{
     ErrorCode, Frame, FrameError, OpenHeader, RouteEntry, ServiceOp, ServicesUpdate, StreamId,
 };
-pub use link::{Event, Link, LinkConfig, LinkError, PeerInfo, Recv, StreamError};
+pub use link::{Counters, Event, Link, LinkConfig, LinkError, PeerInfo, Recv, StreamError};

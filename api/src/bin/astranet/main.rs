@@ -89,6 +89,9 @@ struct NodeArgs {
     /// Most echo streams served at once; more wait in the backlog.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_streams: usize,
+    /// Serve the node's figures as Prometheus text on this address (GET /metrics).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -171,6 +174,20 @@ fn run(cli: Cli) -> io::Result<()> {
         Cmd::Node(a) => {
             let node = start(&a.mesh, a.role.into(), a.id, &a.listen)?;
             let _guard = rt.enter();
+            if let Some(addr) = a.metrics {
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .with_http_listener(addr)
+                    .install()
+                    .map_err(|e| io::Error::other(format!("--metrics {addr}: {e}")))?;
+                println!("{} metrics on http://{addr}/metrics", node.id());
+                let n = node.clone();
+                rt.spawn(async move {
+                    let every = std::time::Duration::from_secs(1);
+                    if let Err(e) = astranet::metrics::publish(n, every).await {
+                        eprintln!("astranet: metrics: {e}");
+                    }
+                });
+            }
             for name in &a.serve {
                 let l = node.bind_async(name)?;
                 println!("{} serving {name} at {}", node.id(), l.local_addr());

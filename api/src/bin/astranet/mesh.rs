@@ -106,33 +106,68 @@ fn routes(mut v: Vec<RouteInfo>, as_json: bool) -> String {
     table(&["NODE", "NEXT HOP", "HOPS"], &rows)
 }
 
-/// The engine reports only counts per node, so this lists the counts and the direct
-/// neighbours (routes of one hop).
+/// The links of the node that joined: peer, address, RTT, streams, traffic, age.
 fn links(node: &Node, as_json: bool) -> std::io::Result<String> {
     let st = node.stats()?;
-    let (links, streams) = (st.links, st.streams);
-    let mut neighbours: Vec<_> = node
-        .routes()
-        .into_iter()
-        .filter(|r| r.hops == 1)
-        .map(|r| r.node)
-        .collect();
-    neighbours.sort();
+    let links = node.links()?;
+    let peer = |l: &astranet::LinkInfo| l.peer.map_or("-".to_string(), |p| p.to_string());
+    let addr = |l: &astranet::LinkInfo| l.addr.map_or("-".to_string(), |a| a.to_string());
     if as_json {
+        let list: Vec<_> = links
+            .iter()
+            .map(|l| {
+                json!({
+                    "peer": peer(l),
+                    "addr": addr(l),
+                    "rtt_us": l.rtt.map(|r| r.as_micros() as u64),
+                    "streams": l.streams,
+                    "bytes_in": l.bytes_in,
+                    "bytes_out": l.bytes_out,
+                    "age_s": l.age.as_secs_f64(),
+                })
+            })
+            .collect();
         let v = json!({
             "node": node.id().to_string(),
-            "links": links,
-            "streams": streams,
-            "neighbours": neighbours.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "links": st.links,
+            "streams": st.streams,
+            "list": list,
         });
         return Ok(format!("{v}\n"));
     }
-    let rows: Vec<Vec<String>> = neighbours.iter().map(|n| vec![n.to_string()]).collect();
+    let rows: Vec<Vec<String>> = links
+        .iter()
+        .map(|l| {
+            vec![
+                peer(l),
+                addr(l),
+                l.rtt.map_or("-".to_string(), |r| {
+                    format!("{:.2} ms", r.as_secs_f64() * 1e3)
+                }),
+                l.streams.to_string(),
+                l.bytes_in.to_string(),
+                l.bytes_out.to_string(),
+                format!("{:.0} s", l.age.as_secs_f64()),
+            ]
+        })
+        .collect();
     Ok(format!(
-        "node {}: {links} links, {streams} streams\n{}\
-         (per-link details such as addresses and traffic are not reported by the engine yet)\n",
+        "node {}: {} links, {} streams\n{}",
         node.id(),
-        table(&["NEIGHBOUR"], &rows),
+        st.links,
+        st.streams,
+        table(
+            &[
+                "PEER",
+                "ADDRESS",
+                "RTT",
+                "STREAMS",
+                "BYTES IN",
+                "BYTES OUT",
+                "AGE"
+            ],
+            &rows
+        ),
     ))
 }
 

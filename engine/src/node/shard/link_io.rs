@@ -187,7 +187,9 @@ impl Shard {
             slot.core.transport_closed("transport closed");
         }
         self.drain_events(&mut st, link);
-        st.links.remove(&link);
+        if let Some(slot) = st.links.remove(&link) {
+            self.retire(&slot);
+        }
         st.blocked.remove(&link);
         drop(st);
         self.node.links.fetch_sub(1, Ordering::Relaxed);

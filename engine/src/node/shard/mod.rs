@@ -76,6 +76,11 @@ pub(crate) struct LinkSlot {
     pub(crate) relays: RelayBudget,
     /// This link's messages waiting at the control task (see `control::Credit`).
     control_inflight: Arc<std::sync::atomic::AtomicUsize>,
+    created: Instant,
+    /// The peer's socket address, for TCP links.
+    addr: Option<std::net::SocketAddr>,
+    /// The link's tracing span (peer id recorded once known).
+    span: tracing::Span,
 }
 
 impl LinkSlot {
@@ -95,6 +100,9 @@ impl LinkSlot {
             abort_io: false,
             relays: RelayBudget::new(&node.cfg.limits, now),
             control_inflight: Arc::default(),
+            created: now,
+            addr: None,
+            span: tracing::Span::none(),
         }
     }
 
@@ -112,6 +120,21 @@ impl LinkSlot {
             link,
         }
     }
+}
+
+/// What a new link starts with, besides its transport.
+#[derive(Default)]
+struct NewLink {
+    /// The peer's socket address.
+    addr: Option<std::net::SocketAddr>,
+    /// The address it was joined to (reconnect after loss).
+    join: Option<String>,
+    /// Accepted by our listener (already counted by the accept thread).
+    accepted: bool,
+    /// Answered once the link is routable.
+    reply: Option<Reply<NodeId>>,
+    /// A direct upgrade: the node it must reach.
+    expect: Option<NodeId>,
 }
 
 /// A write the core could not take whole yet (it waits for credit). Its reply goes
@@ -172,8 +195,22 @@ impl State {
     }
 }
 
+/// Figures of a shard that outlive its links.
+#[derive(Default)]
+pub(crate) struct Totals {
+    /// Counters of links that are gone.
+    closed: crate::proto::Counters,
+    pub(crate) streams_opened: u64,
+    pub(crate) refused_opens: u64,
+    pub(crate) resets_by_code: std::collections::BTreeMap<u32, u64>,
+    pub(crate) relayed_streams: u64,
+}
+
 pub(crate) struct Shard {
     pub(crate) idx: u32,
+    pub(crate) totals: RefCell<Totals>,
+    /// Bytes relayed by this shard's pumps.
+    pub(crate) relayed_bytes: Rc<std::cell::Cell<u64>>,
     pub(crate) node: Arc<NodeShared>,
     st: RefCell<State>,
     listeners: RefCell<Table>,
@@ -186,6 +223,8 @@ impl Shard {
         let control = (idx == 0).then(|| RefCell::new(Control::new(node.clone())));
         Self {
             idx,
+            totals: RefCell::default(),
+            relayed_bytes: Rc::default(),
             node,
             st: RefCell::new(State::default()),
             listeners: RefCell::new(Table::default()),
@@ -272,24 +311,79 @@ impl Shard {
                 }
             }
             Cmd::Stats { reply } => {
+                let _ = reply.send(Ok(self.stats()));
+            }
+            Cmd::Links { reply } => {
                 let st = self.st.borrow();
-                let mut s = NodeStats::default();
-                for slot in st.links.values() {
-                    s.streams += slot.core.stream_count();
-                    if matches!(slot.kind, LinkKind::Io { .. }) && !slot.closed {
-                        s.links += 1;
-                        s.handshaking += usize::from(!slot.core.is_open());
-                    }
-                }
-                if let Some(c) = &self.control {
-                    let f = c.borrow().figures();
-                    s.origins = f.origins;
-                    s.service_entries = f.service_entries;
-                    s.routes = f.routes;
-                }
-                let _ = reply.send(Ok(s));
+                let now = Instant::now();
+                let links = st
+                    .links
+                    .values()
+                    .filter(|s| matches!(s.kind, LinkKind::Io { .. }) && !s.closed)
+                    .map(|s| super::LinkInfo {
+                        peer: s.peer,
+                        addr: s.addr,
+                        rtt: s.core.rtt(),
+                        streams: s.core.stream_count(),
+                        bytes_in: s.core.counters().bytes_in,
+                        bytes_out: s.core.counters().bytes_out,
+                        age: now - s.created,
+                    })
+                    .collect();
+                let _ = reply.send(Ok(links));
             }
             Cmd::Control(m) => self.on_control(m),
+        }
+    }
+
+    fn stats(&self) -> NodeStats {
+        let st = self.st.borrow();
+        let t = self.totals.borrow();
+        let mut s = NodeStats {
+            bytes_in: t.closed.bytes_in,
+            bytes_out: t.closed.bytes_out,
+            frames_in: t.closed.frames_in,
+            frames_out: t.closed.frames_out,
+            streams_opened: t.streams_opened,
+            refused_opens: t.refused_opens,
+            resets_by_code: t.resets_by_code.clone(),
+            relayed_streams: t.relayed_streams,
+            relayed_bytes: self.relayed_bytes.get(),
+            ..NodeStats::default()
+        };
+        for slot in st.links.values() {
+            s.streams += slot.core.stream_count();
+            s.relaying += slot.relays.in_flight();
+            if matches!(slot.kind, LinkKind::Io { .. }) {
+                let c = slot.core.counters();
+                s.bytes_in += c.bytes_in;
+                s.bytes_out += c.bytes_out;
+                s.frames_in += c.frames_in;
+                s.frames_out += c.frames_out;
+                if !slot.closed {
+                    s.links += 1;
+                    s.handshaking += usize::from(!slot.core.is_open());
+                }
+            }
+        }
+        if let Some(c) = &self.control {
+            let f = c.borrow().figures();
+            s.origins = f.origins;
+            s.service_entries = f.service_entries;
+            s.routes = f.routes;
+        }
+        s
+    }
+
+    /// A link's state goes: its counters join the shard's totals.
+    pub(crate) fn retire(&self, slot: &LinkSlot) {
+        if matches!(slot.kind, LinkKind::Io { .. }) {
+            let c = slot.core.counters();
+            let mut t = self.totals.borrow_mut();
+            t.closed.bytes_in += c.bytes_in;
+            t.closed.bytes_out += c.bytes_out;
+            t.closed.frames_in += c.frames_in;
+            t.closed.frames_out += c.frames_out;
         }
     }
 
@@ -320,7 +414,13 @@ impl Shard {
                 let _ = s.set_nodelay(true);
                 let id = self.node.new_link_id();
                 tracing::debug!(%origin, %addr, "direct upgrade: connected");
-                self.start_link(id, Transport::Tcp(s), None, false, None, Some(origin));
+                let peer_addr = s.peer_addr().ok();
+                let new = NewLink {
+                    addr: peer_addr,
+                    expect: Some(origin),
+                    ..NewLink::default()
+                };
+                self.start_link(id, Transport::Tcp(s), new);
                 true
             }
             Err(e) => {
@@ -398,7 +498,9 @@ impl Shard {
             while Instant::now() < deadline && me.has_io_links() {
                 glommio::timer::sleep(Duration::from_millis(5)).await;
             }
-            me.st.borrow_mut().links.clear();
+            for (_, slot) in me.st.borrow_mut().links.drain() {
+                me.retire(&slot);
+            }
             let _ = reply.send(Ok(()));
             // Wake the shard's main loop so it sees it is done.
             me.node.push(me.idx, Cmd::Wake(0));
@@ -414,6 +516,10 @@ impl Shard {
         accepted: bool,
         reply: Option<Reply<NodeId>>,
     ) {
+        let addr = match &transport {
+            Transport0::Std(s) => s.peer_addr().ok(),
+            Transport0::Threads(_) => None,
+        };
         let transport = match transport {
             Transport0::Std(s) => match Transport::tcp(s) {
                 Ok(t) => t,
@@ -430,20 +536,26 @@ impl Shard {
             },
             Transport0::Threads(t) => Transport::Threads(t),
         };
-        self.start_link(id, transport, join, accepted, reply, None);
+        let new = NewLink {
+            addr,
+            join,
+            accepted,
+            reply,
+            expect: None,
+        };
+        self.start_link(id, transport, new);
     }
 
     /// Registers a link and starts its IO task. Accepted links were already counted
     /// by the accept thread; others are counted here.
-    fn start_link(
-        self: &Rc<Self>,
-        id: LinkId,
-        transport: Transport,
-        join: Option<String>,
-        accepted: bool,
-        reply: Option<Reply<NodeId>>,
-        expect: Option<NodeId>,
-    ) {
+    fn start_link(self: &Rc<Self>, id: LinkId, transport: Transport, new: NewLink) {
+        let NewLink {
+            addr,
+            join,
+            accepted,
+            reply,
+            expect,
+        } = new;
         if !accepted {
             self.node.links.fetch_add(1, Ordering::Relaxed);
         }
@@ -456,6 +568,14 @@ impl Shard {
             slot.up_reply = reply;
             slot.handshaking = accepted;
             slot.expect = expect;
+            slot.addr = addr;
+            slot.span = tracing::info_span!(
+                "link",
+                node = %self.node.id,
+                link = id,
+                addr = ?addr,
+                peer = tracing::field::Empty
+            );
             st.links.insert(id, slot);
             if st.stopping {
                 if let Some(slot) = st.links.get_mut(&id) {
@@ -465,7 +585,17 @@ impl Shard {
             }
         }
         let me = self.clone();
-        glommio::spawn_local(async move { me.run_link(id, transport).await }).detach();
+        let span = self
+            .st
+            .borrow()
+            .links
+            .get(&id)
+            .map_or_else(tracing::Span::none, |s| s.span.clone());
+        glommio::spawn_local(tracing::Instrument::instrument(
+            me.run_link(id, transport),
+            span,
+        ))
+        .detach();
     }
 
     fn add_loopback(self: &Rc<Self>, a: LinkId, b: LinkId) {
@@ -548,20 +678,26 @@ impl Shard {
                             match tx.try_send(Incoming { stream: s }) {
                                 Ok(()) => {
                                     let _ = slot.core.accept(id);
+                                    self.totals.borrow_mut().streams_opened += 1;
                                 }
                                 Err(e) => {
                                     e.into_inner().stream.disarm();
                                     slot.core.refuse(id, ErrorCode::REFUSED);
+                                    self.totals.borrow_mut().refused_opens += 1;
                                 }
                             }
                         }
-                        Err(code) => slot.core.refuse(id, code),
+                        Err(code) => {
+                            slot.core.refuse(id, code);
+                            self.totals.borrow_mut().refused_opens += 1;
+                        }
                     }
                     st.dirty.push(link);
                 }
                 Event::Accepted(id) => {
                     let key = StreamKey { link, id };
                     if let Some(d) = st.dials.remove(&key) {
+                        self.totals.borrow_mut().streams_opened += 1;
                         let s = StreamRef::new(self.node.clone(), self.idx, key, d.local, d.peer);
                         // If the dialer gave up (timeout), dropping `s` closes the stream.
                         let _ = d.reply.send(Ok(s));
@@ -585,7 +721,15 @@ impl Shard {
                     let key = StreamKey { link, id };
                     drive_writes(st, key);
                 }
-                Event::Reset { id, code } => streams::on_reset(st, StreamKey { link, id }, code),
+                Event::Reset { id, code } => {
+                    *self
+                        .totals
+                        .borrow_mut()
+                        .resets_by_code
+                        .entry(code.0)
+                        .or_default() += 1;
+                    streams::on_reset(st, StreamKey { link, id }, code)
+                }
                 Event::Freed(_) => {}
                 Event::OpenCredit => {
                     if let Some(q) = st.blocked.remove(&link) {
@@ -594,7 +738,10 @@ impl Shard {
                         }
                     }
                 }
-                Event::GoAway { .. } => {
+                Event::GoAway { code, reason, .. } => {
+                    let _in = slot.span.enter();
+                    tracing::info!(node = %self.node.id, peer = ?slot.peer, %code, %reason, "peer sent GOAWAY");
+                    drop(_in);
                     if let Some(q) = st.blocked.remove(&link) {
                         for (_, reply) in q {
                             let _ = reply.send(Err(stream_error(StreamError::GoingAway)));
@@ -645,7 +792,9 @@ impl Shard {
             }
         }
         slot.peer = Some(peer);
-        tracing::debug!(node = %self.node.id, %peer, link, "link up");
+        slot.span.record("peer", tracing::field::display(peer));
+        let _in = slot.span.enter();
+        tracing::info!(node = %self.node.id, %peer, link, "link up");
         // The control task routes the link, tells the peer what we know, and answers
         // `join` once the link is routable.
         self.node.control(control::Msg::LinkUp {
@@ -673,6 +822,8 @@ impl Shard {
         }
         let peer = slot.peer;
         let join = slot.join.take();
+        let span = slot.span.clone();
+        let _in = span.enter();
         match &why {
             LinkError::Graceful | LinkError::GoneAway { .. } => {
                 tracing::debug!(node = %self.node.id, ?peer, link, reason = %why, "link closed")

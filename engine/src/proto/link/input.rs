@@ -24,6 +24,7 @@ impl Link {
             self.last_recv = now;
             self.ping_sent_at = None;
         }
+        self.counters.bytes_in += data.len() as u64;
         self.rbuf.extend_from_slice(data);
         match self.process_input() {
             Ok(()) => Ok(()),
@@ -58,6 +59,7 @@ impl Link {
                 Some(Decoded::Skipped) => continue,
                 Some(Decoded::Frame(f)) => f,
             };
+            self.counters.frames_in += 1;
             self.handle_frame(frame)?;
         }
         Ok(())
@@ -83,7 +85,12 @@ impl Link {
             Frame::Reset { id, code } => self.on_reset(id, code),
             Frame::Ping { ack, opaque } => {
                 if !ack {
-                    frame::encode(&Frame::Ping { ack: true, opaque }, &mut self.ctrl);
+                    self.push_ctrl(&Frame::Ping { ack: true, opaque });
+                } else if let Some((sent, at)) = self.rtt_probe {
+                    if sent == opaque {
+                        self.rtt = Some(self.now.saturating_duration_since(at));
+                        self.rtt_probe = None;
+                    }
                 }
                 Ok(())
             }
@@ -166,6 +173,8 @@ impl Link {
         });
         self.phase = Phase::Open;
         self.events.push_back(Event::Connected);
+        // A first round-trip measurement, for link statistics.
+        self.probe(self.now);
         Ok(())
     }
 

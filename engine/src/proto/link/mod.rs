@@ -293,9 +293,51 @@ pub struct Link {
     resets: (Instant, u32),
     /// The latest time passed in.
     now: Instant,
+    counters: Counters,
+    /// The PING whose answer measures the round-trip time: (opaque, sent at).
+    rtt_probe: Option<(u64, Instant)>,
+    rtt: Option<Duration>,
+}
+
+/// What crossed a link, for statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Bytes received (everything fed to [`Link::handle_input`]).
+    pub bytes_in: u64,
+    /// Bytes handed out by [`Link::poll_transmit`].
+    pub bytes_out: u64,
+    /// Frames decoded.
+    pub frames_in: u64,
+    /// Frames queued to send (data and control).
+    pub frames_out: u64,
 }
 
 impl Link {
+    /// What crossed the link so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The round-trip time measured by the latest answered PING (one goes out when the
+    /// handshake completes, then with every keep-alive probe).
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// Queues a link-level frame ahead of data.
+    fn push_ctrl(&mut self, f: &Frame) {
+        frame::encode(f, &mut self.ctrl);
+        self.counters.frames_out += 1;
+    }
+
+    /// Sends a PING whose answer measures the round-trip time.
+    fn probe(&mut self, now: Instant) {
+        self.ping_counter += 1;
+        let opaque = self.ping_counter;
+        self.push_ctrl(&Frame::Ping { ack: false, opaque });
+        self.rtt_probe = Some((opaque, now));
+    }
+
     /// A new link; the preamble and HELLO are queued for sending at once.
     pub fn new(cfg: LinkConfig, now: Instant) -> Self {
         let mut ctrl = BytesMut::with_capacity(256);
@@ -349,6 +391,12 @@ impl Link {
             link_blocked: VecDeque::new(),
             resets: (now, 0),
             now,
+            counters: Counters {
+                frames_out: 1,
+                ..Counters::default()
+            },
+            rtt_probe: None,
+            rtt: None,
         }
     }
 
@@ -427,14 +475,11 @@ impl Link {
                 r = &r[..r.len() - 1];
             }
         }
-        frame::encode(
-            &Frame::GoAway {
-                last_id: last,
-                code,
-                reason: Bytes::copy_from_slice(r),
-            },
-            &mut self.ctrl,
-        );
+        self.push_ctrl(&Frame::GoAway {
+            last_id: last,
+            code,
+            reason: Bytes::copy_from_slice(r),
+        });
     }
 
     /// The transport closed or failed: every stream fails with `LinkLost`.

@@ -4,7 +4,7 @@
 
 use super::transmit::stream_room;
 use super::{Event, Link, LinkError, Phase, Recv, StreamError};
-use crate::proto::frame::{self, ErrorCode, Frame, OpenHeader, StreamId, MAX_STREAM_ID};
+use crate::proto::frame::{ErrorCode, Frame, OpenHeader, StreamId, MAX_STREAM_ID};
 use crate::proto::stream::*;
 use bytes::Bytes;
 
@@ -64,14 +64,11 @@ impl Link {
         }
         let inc = std::mem::take(&mut s.recv_unacked);
         s.recv_avail += inc;
-        frame::encode(
-            &Frame::Window {
-                id,
-                ack: true,
-                increment: inc,
-            },
-            &mut self.ctrl,
-        );
+        self.push_ctrl(&Frame::Window {
+            id,
+            ack: true,
+            increment: inc,
+        });
         Ok(())
     }
 
@@ -243,7 +240,7 @@ impl Link {
     // ------------------------------------------------------------------ internals
 
     pub(super) fn send_reset_frame(&mut self, id: StreamId, code: ErrorCode) {
-        frame::encode(&Frame::Reset { id, code }, &mut self.ctrl);
+        self.push_ctrl(&Frame::Reset { id, code });
     }
 
     /// Resets a stream from our side; `notify` tells the application (for violations
@@ -318,14 +315,11 @@ impl Link {
         }
         s.recv_unacked = 0;
         s.recv_avail += inc;
-        frame::encode(
-            &Frame::Window {
-                id,
-                ack: false,
-                increment: inc,
-            },
-            &mut self.ctrl,
-        );
+        self.push_ctrl(&Frame::Window {
+            id,
+            ack: false,
+            increment: inc,
+        });
     }
 
     pub(super) fn maybe_free(&mut self, id: StreamId) {
@@ -357,11 +351,8 @@ impl Link {
         }
         self.peer_credit = (self.peer_credit + self.peer_freed_ungranted).min(MAX_STREAM_ID >> 1);
         self.peer_freed_ungranted = 0;
-        frame::encode(
-            &Frame::Streams {
-                max: self.peer_credit,
-            },
-            &mut self.ctrl,
-        );
+        self.push_ctrl(&Frame::Streams {
+            max: self.peer_credit,
+        });
     }
 }

@@ -2,7 +2,7 @@
 //! shell's report of a peer that stopped reading.
 
 use super::{Link, LinkError, Phase};
-use crate::proto::frame::{self, ErrorCode, Frame};
+use crate::proto::frame::ErrorCode;
 use std::time::{Duration, Instant};
 
 impl Link {
@@ -56,14 +56,7 @@ impl Link {
             return;
         }
         if silent >= self.ping_interval && self.ping_sent_at.is_none() {
-            self.ping_counter += 1;
-            frame::encode(
-                &Frame::Ping {
-                    ack: false,
-                    opaque: self.ping_counter,
-                },
-                &mut self.ctrl,
-            );
+            self.probe(now);
             self.ping_sent_at = Some(now);
         }
     }

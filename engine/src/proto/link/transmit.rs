@@ -21,6 +21,7 @@ impl Link {
         let start = out.len();
         out.put_slice(&self.ctrl.split());
         if self.phase != Phase::Open {
+            self.counters.bytes_out += (out.len() - start) as u64;
             return out.len() - start;
         }
         let peer_max = self.peer.as_ref().map_or(0, |p| p.max_frame_size) as usize;
@@ -52,10 +53,12 @@ impl Link {
                 s.clear(OPEN_PENDING);
                 write_payload(s, &mut self.bufs, id, out, n, fin);
                 self.send_queued -= n as u64;
+                self.counters.frames_out += 1;
             } else {
                 frame::put_header(out, FrameType::Data, if fin { FLAG_FIN } else { 0 }, n, id);
                 write_payload(s, &mut self.bufs, id, out, n, fin);
                 self.send_queued -= n as u64;
+                self.counters.frames_out += 1;
             }
             let again = !s.has(FIN_SENT)
                 && ((slen(&self.bufs, id) > 0 && s.send_credit > 0)
@@ -87,6 +90,7 @@ impl Link {
             out.put_slice(&self.ctrl.split());
         }
         self.compact();
+        self.counters.bytes_out += (out.len() - start) as u64;
         out.len() - start
     }
 
@@ -132,7 +136,7 @@ impl Link {
             f.frame_type(),
             FrameType::Services | FrameType::Routes | FrameType::Ping
         ));
-        frame::encode(f, &mut self.ctrl);
+        self.push_ctrl(f);
         // What a peer asks for (REQUEST answers, whole tables) but does not take piles
         // up here: bounded, like everything a peer can make us hold.
         if self.ctrl.len() > self.cfg.max_control_backlog {
