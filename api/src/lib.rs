@@ -43,6 +43,23 @@
 //! - `http`: [`http`], a hyper-util connector and a hyper server over streams.
 //! - `grpc`: [`grpc`], tonic's `Connected` for streams (`serve_with_incoming`).
 //! - `cli`: the `astranet` and `astranet-node` binaries.
+//! - `metrics`: [`metrics::record`] / [`metrics::publish`], the node's figures through
+//!   the `metrics` facade.
+//!
+//! ## Choosing a handle
+//!
+//! | you write | use | cost per call |
+//! |---|---|---|
+//! | threads (a thread per connection, blocking IO) | [`Listener`], [`Stream`] (`std::io::Read`/`Write`, timeouts, `try_clone`) | the calling thread parks until the shard answers |
+//! | async code on any executor (tokio, smol, ...) | [`AsyncListener`], [`AsyncStream`] (`futures-io`; tokio via `tokio_util::compat` or [`TokioStream`]) | a task wake-up per answer; no thread per stream or dial |
+//! | HTTP, gRPC, TCP programs | [`http`], [`grpc`], [`forward`] (on the async handles) | as async |
+//!
+//! Every handle is `Send`: the stream itself lives on one of the node's shards and a
+//! handle only sends it commands, so any thread may hold it. Blocking handles suit
+//! code that already has a thread per connection; async handles suit many concurrent
+//! streams per thread (each waiting stream costs a few dozen bytes, not a thread).
+//! Every async method documents its cancel-safety. A shard-local API, where user
+//! tasks run on the node's own shards with no cross-thread hop, is not available yet.
 //!
 //! ## Address grammar
 //!
@@ -504,6 +521,8 @@ impl<T> Watch<T> {
     }
 
     /// The next change, for async code (`None` once the node is shut down).
+    ///
+    /// Cancel-safe: dropping the future loses no event; the next call gets it.
     pub async fn recv(&self) -> Option<T> {
         self.rx.recv().await.ok()
     }
@@ -589,6 +608,9 @@ impl std::fmt::Debug for AsyncListener {
 
 impl AsyncListener {
     /// Waits for the next stream. The future is `Send`.
+    ///
+    /// Cancel-safe: a stream is taken from the queue only when the future completes;
+    /// dropping it earlier leaves every accepted stream for the next call.
     pub async fn accept(&self) -> io::Result<AsyncStream> {
         match self.l.queue().recv().await {
             Ok(i) => Ok(AsyncStream::new(i.stream)),

@@ -340,7 +340,13 @@ impl Write for Stream {
 }
 
 /// A stream for async code: `futures_io::AsyncRead + AsyncWrite`; `close` half-closes.
-/// Use `tokio_util::compat` to get tokio's traits.
+/// Use `tokio_util::compat` to get tokio's traits (or [`crate::TokioStream`]).
+///
+/// Cancel-safety, as with the futures-io traits of a socket: a `poll_read` that returns
+/// `Pending` consumed nothing (bytes that arrive meanwhile wait for the next poll); a
+/// `poll_write` that returns `Ready(Ok(n))` took exactly `n` bytes, and one that
+/// returns `Pending` took none; dropping a read or write future in between loses no
+/// byte. `poll_close` may be polled again after `Pending`.
 pub struct AsyncStream {
     i: Inner,
 }
