@@ -5,6 +5,7 @@ mod plot;
 mod report;
 mod scenarios;
 mod sys;
+mod web;
 
 use clap::{Parser, ValueEnum};
 
@@ -36,6 +37,14 @@ pub enum Scenario {
     /// astranet only: bulk (256 MiB) and open (20,000 streams) through one relay,
     /// beside the same figures direct.
     Relay,
+    /// astranet and tcp only: HTTP/1.1 GETs (64 B body, keep-alive) with a hyper-util
+    /// client from --concurrency tasks (64) in closed loops for --duration (5 s);
+    /// astranet::http::{Server, Connector} vs the same hyper server and client on TCP.
+    Http,
+    /// astranet and tcp only: tonic unary calls (64 B) over one channel from
+    /// --concurrency tasks (64) in closed loops for --duration (5 s);
+    /// serve_with_incoming(astranet::Incoming) + connect_with_connector vs tonic on TCP.
+    Grpc,
 }
 
 impl Scenario {
@@ -48,6 +57,8 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Hol => "hol",
             Scenario::Relay => "relay",
+            Scenario::Http => "http",
+            Scenario::Grpc => "grpc",
         }
     }
 }
@@ -92,10 +103,10 @@ struct Cli {
     /// 100,000 and 1,000,000).
     #[arg(long)]
     streams: Option<usize>,
-    /// Concurrent workers (open, idle's openers).
+    /// Concurrent workers (open, idle's openers; http's and grpc's client tasks).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// How long rpc runs, and each phase of hol (e.g. 10s, 500ms).
+    /// How long rpc, http and grpc run, and each phase of hol (e.g. 10s, 500ms).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// astranet shards per node (two nodes run in this process).
@@ -221,6 +232,13 @@ async fn run_scenario(
     pb: &ProgressBar,
 ) -> std::io::Result<Outcome> {
     let streams = cli.streams;
+    let web_secs = cli.duration.unwrap_or(Duration::from_secs(5));
+    let web_tasks = cli.concurrency.unwrap_or(64);
+    match cli.scenario {
+        Scenario::Http => return web::http(sys, o, web_tasks, web_secs, pb).await,
+        Scenario::Grpc => return web::grpc(sys, o, web_tasks, web_secs, pb).await,
+        _ => {}
+    }
     {
         let pair = make_pair(sys, o).await?;
         match cli.scenario {
@@ -258,6 +276,7 @@ async fn run_scenario(
                 scenarios::idle(pair, n_idle, cli.concurrency.unwrap_or(64), pb).await
             }
             Scenario::Relay => relay(cli, o, pair, pb).await,
+            Scenario::Http | Scenario::Grpc => unreachable!("served above"),
         }
     }
 }
@@ -359,8 +378,17 @@ fn main() {
         eprintln!("relay measures astranet only (it compares astranet direct and relayed)");
         std::process::exit(2);
     }
+    let web = matches!(cli.scenario, Scenario::Http | Scenario::Grpc);
+    if web && cli.system == SystemSel::YamuxRs {
+        eprintln!(
+            "{} compares astranet with plain tcp only; it does not apply to yamux-rs",
+            cli.scenario.name()
+        );
+        std::process::exit(2);
+    }
     let systems: Vec<System> = match cli.system {
         _ if cli.scenario == Scenario::Relay => vec![System::Astranet],
+        SystemSel::All if web => vec![System::Astranet, System::Tcp],
         SystemSel::All => vec![System::Astranet, System::Tcp, System::YamuxRs],
         SystemSel::Astranet => vec![System::Astranet],
         SystemSel::Tcp => vec![System::Tcp],

@@ -126,7 +126,7 @@ fn primary(sc: Scenario) -> (&'static str, bool) {
     match sc {
         Scenario::Bulk | Scenario::Fanout => ("mb_per_s", true),
         Scenario::Open => ("streams_per_s", true),
-        Scenario::Rpc => ("rps", true),
+        Scenario::Rpc | Scenario::Http | Scenario::Grpc => ("rps", true),
         Scenario::Idle => ("bytes_per_stream", false),
         Scenario::Hol => ("p99_ratio", false),
         Scenario::Relay => ("bulk_ratio", true),

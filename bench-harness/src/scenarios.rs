@@ -24,7 +24,7 @@ pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
-fn record(h: &mut Histogram<u64>, since: Instant) {
+pub fn record(h: &mut Histogram<u64>, since: Instant) {
     let us = since.elapsed().as_micros().clamp(1, 60_000_000) as u64;
     let _ = h.record(us);
 }

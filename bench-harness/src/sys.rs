@@ -89,6 +89,20 @@ pub mod astranet_sys {
 
     /// Two nodes joined by one TCP connection; the server binds "bench".
     pub fn pair(o: &SysOpts) -> io::Result<Pair> {
+        let (server, client, l) = nodes(o, "bench")?;
+        Ok(Pair {
+            dialer: Arc::new(D(client)),
+            acceptor: Box::new(A(l)),
+            _keep: vec![Box::new(server)],
+        })
+    }
+
+    /// Two nodes joined by one TCP connection, the server bound to `service` and the
+    /// client aware of it: (server, client, listener). Blocks until announced.
+    pub fn nodes(
+        o: &SysOpts,
+        service: &str,
+    ) -> io::Result<(astranet::Node, astranet::Node, astranet::AsyncListener)> {
         let build = || {
             astranet::Node::builder()
                 .shards(o.shards)
@@ -99,20 +113,16 @@ pub mod astranet_sys {
         let client = build()?;
         let addr = server.listen("127.0.0.1:0")?;
         client.join(&addr.to_string())?;
-        let l = server.bind_async("bench")?;
+        let l = server.bind_async(service)?;
         // Wait until the client has heard of the service.
         let t = std::time::Instant::now();
-        while !client.services().iter().any(|s| s.name == "bench") {
+        while !client.services().iter().any(|s| s.name == service) {
             if t.elapsed() > std::time::Duration::from_secs(10) {
                 return Err(io::Error::other("service announcement did not arrive"));
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        Ok(Pair {
-            dialer: Arc::new(D(client)),
-            acceptor: Box::new(A(l)),
-            _keep: vec![Box::new(server)],
-        })
+        Ok((server, client, l))
     }
 }
 
