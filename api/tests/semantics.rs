@@ -345,3 +345,30 @@ fn shutdown_fails_streams_and_refuses_new_work() {
         .routes()
         .is_empty()));
 }
+
+#[test]
+fn binding_past_what_one_announcement_holds_fails_clearly() {
+    let node = common::node_with(|b| {
+        b.limits(astranet::Limits {
+            max_update_bytes: 1000,
+            ..astranet::Limits::default()
+        })
+    });
+    // Each name takes 7 + 60 bytes of the announcement: 14 fit in 1,000.
+    let mut held = Vec::new();
+    let err = loop {
+        let name = format!("s{:059}", held.len());
+        match node.bind(&name) {
+            Ok(l) => held.push(l),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 100, "no limit reached");
+    };
+    assert_eq!(held.len(), 14);
+    assert_eq!(err.kind(), ErrorKind::QuotaExceeded, "{err}");
+    assert!(err.to_string().contains("max_update_bytes"), "{err}");
+    // Unbinding makes room again; ports without names never count.
+    held.pop();
+    assert!(node.bind(&format!("t{:059}", 0)).is_ok());
+    assert!(node.bind(":4242").is_ok());
+}

@@ -51,7 +51,7 @@ impl Registry {
             }
             if self.announce_bytes + entry_bytes > max_bytes {
                 return Err(io::Error::new(
-                    io::ErrorKind::OutOfMemory,
+                    io::ErrorKind::QuotaExceeded,
                     format!(
                         "cannot announce service {n:?}: this node's announcement would exceed \
                          {max_bytes} bytes (Limits::max_update_bytes)"
