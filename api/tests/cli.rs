@@ -456,18 +456,17 @@ fn metrics_scrape_has_the_documented_series_and_they_move_under_load() {
     p.line_with("metrics on");
     let client = Node::builder().shards(1).build().unwrap();
     client.join(&addr).unwrap();
-    let scrape = |want_links: bool| {
-        let mut body = String::new();
-        assert!(
-            eventually(Duration::from_secs(10), || {
-                body = http_get(&maddr, "/metrics");
-                sample(&body, "astranet_links").is_some_and(|v| !want_links || v >= 1.0)
-            }),
-            "no astranet_links series: {body}"
-        );
-        body
-    };
-    let before = scrape(true);
+    // The exporter records once a second: wait until it saw the link and its first
+    // RTT (the PING answered after the handshake).
+    let mut before = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            before = http_get(&maddr, "/metrics");
+            sample(&before, "astranet_links").is_some_and(|v| v >= 1.0)
+                && sample(&before, "astranet_link_rtt_seconds").is_some()
+        }),
+        "no link or RTT in the scrape: {before}"
+    );
     for series in [
         "astranet_links",
         "astranet_streams",
