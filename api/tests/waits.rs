@@ -7,10 +7,19 @@ mod common;
 use common::raw::thread_count;
 use futures_util::io::{AsyncReadExt, AsyncWriteExt};
 use std::io::ErrorKind;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The tests here run one at a time: one counts the process's threads.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[test]
 fn thousands_of_async_dials_wait_for_a_late_service_without_threads() {
+    let _g = serial();
     let server = common::node();
     let client = common::node_with(|b| b.dial_timeout(Duration::from_secs(20)));
     let addr = server.listen("127.0.0.1:0").unwrap();
@@ -67,6 +76,7 @@ fn thousands_of_async_dials_wait_for_a_late_service_without_threads() {
 
 #[test]
 fn a_dial_for_a_service_never_announced_fails_at_its_deadline() {
+    let _g = serial();
     let node = common::node_with(|b| b.dial_timeout(Duration::from_millis(300)));
     let t = Instant::now();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -87,6 +97,7 @@ fn a_dial_for_a_service_never_announced_fails_at_its_deadline() {
 
 #[test]
 fn accept_and_watch_timeouts_wake_on_events_and_deadlines() {
+    let _g = serial();
     let node = common::node();
     let l = node.bind("svc").unwrap();
     // Deadline with nothing to accept.
