@@ -371,15 +371,10 @@ impl Control {
     // ------------------------------------------------------------ waiting dials
 
     fn try_dial(&self, w: &DialWait) -> Option<super::dial::DialReq> {
-        if let Some(&p) = self.local.get(&w.name) {
-            if w.port.is_none_or(|want| want == p) {
-                return Some(self.node.local_req(&w.name, p, w.src_port));
-            }
-        }
+        let local = self.local.get(&w.name).copied();
         let view = self.view();
-        let inst = view.instances(&w.name, w.port);
         self.node
-            .pick_instance(&w.name, inst, w.key.as_deref(), w.src_port)
+            .service_req(&view, local, &w.name, w.port, w.key.as_deref(), w.src_port)
     }
 
     fn dial(&mut self, w: DialWait) {

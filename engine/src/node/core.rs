@@ -498,19 +498,11 @@ impl NodeCore {
     /// False if `target` names a service that neither this node nor any reachable
     /// node announces right now; true for any other target.
     pub fn is_known(&self, target: &str) -> bool {
-        let Ok(Target::Service { name, port }) = Target::parse(target) else {
+        let Ok(t @ Target::Service { .. }) = Target::parse(target) else {
             return true;
         };
-        let local = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_name
-            .get(&name)
-            .copied();
-        local.is_some_and(|p| port.is_none_or(|w| w == p))
-            || !self.shared.view.load().instances(&name, port).is_empty()
+        let view = self.shared.view.load();
+        matches!(self.shared.resolve(&view, &t, 0, None), Ok(Some(_)))
     }
 
     /// Services visible to this node (its env only), this node's first.

@@ -4,7 +4,7 @@
 //! service nobody announced yet becomes a [`DialWait`] held by the control task until
 //! it appears or the deadline passes (no thread, no polling).
 
-use super::routing::{Route, INFINITY};
+use super::routing::INFINITY;
 use super::view::View;
 use super::{open_header, LinkId, NodeShared, Reply, StreamRef};
 use crate::proto::frame::OpenHeader;
@@ -46,28 +46,27 @@ impl NodeShared {
         }
     }
 
-    /// A dial of this node's own service `name` on `port`, over the loopback link.
-    pub(crate) fn local_req(&self, name: &str, port: u32, src_port: u32) -> DialReq {
-        self.req(
-            self.loopback,
-            src_port,
-            Addr {
-                node: self.id,
-                port,
-            },
-            Some(name),
-        )
-    }
-
-    /// A dial of one of `instances` of `name`: the nearest, at random among equals
-    /// or by rendezvous hashing when the caller gave a key.
-    pub(crate) fn pick_instance(
+    /// A dial of the service `name` (on `port`, if given): this node's own instance
+    /// first (`local`: the port it is bound to here), then the nearest instances in
+    /// `view`, at random among equals or by rendezvous hashing when the caller gave a
+    /// key. `None`: no instance is known.
+    pub(crate) fn service_req(
         &self,
+        view: &View,
+        local: Option<u32>,
         name: &str,
-        mut instances: Vec<(Addr, Route)>,
+        port: Option<u32>,
         key: Option<&[u8]>,
         src_port: u32,
     ) -> Option<DialReq> {
+        if let Some(p) = local.filter(|p| port.is_none_or(|w| w == *p)) {
+            let dst = Addr {
+                node: self.id,
+                port: p,
+            };
+            return Some(self.req(self.loopback, src_port, dst, Some(name)));
+        }
+        let mut instances = view.instances(name, port);
         let min = instances.iter().map(|(_, r)| r.hops).min()?;
         instances.retain(|(_, r)| r.hops == min);
         let i = match key {
@@ -107,7 +106,6 @@ impl NodeShared {
                 )),
             },
             Target::Service { name, port } => {
-                // This node first, then the nearest instances.
                 let local = self
                     .registry
                     .lock()
@@ -115,10 +113,7 @@ impl NodeShared {
                     .by_name
                     .get(name)
                     .copied();
-                if let Some(p) = local.filter(|p| port.is_none_or(|w| w == *p)) {
-                    return Ok(Some(self.local_req(name, p, src_port)));
-                }
-                Ok(self.pick_instance(name, view.instances(name, *port), key, src_port))
+                Ok(self.service_req(view, local, name, *port, key, src_port))
             }
         }
     }
