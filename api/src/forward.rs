@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 type ErrorHook = Arc<dyn Fn(&io::Error) + Send + Sync>;
@@ -148,10 +148,8 @@ pub async fn forward(
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = sem.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        let Some(permit) = slot(&mut tasks, &sem, shutdown.as_mut()).await else {
+            break;
         };
         let tcp = tokio::select! {
             _ = &mut shutdown => break,
@@ -207,10 +205,8 @@ pub async fn expose(
     let mut result = Ok(());
     tokio::pin!(shutdown);
     loop {
-        while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            p = sem.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        let Some(permit) = slot(&mut tasks, &sem, shutdown.as_mut()).await else {
+            break;
         };
         let stream = tokio::select! {
             _ = &mut shutdown => break,
@@ -250,6 +246,20 @@ pub async fn expose(
     drop(listener);
     drain(tasks, cfg.drain_timeout).await;
     result
+}
+
+/// Reaps finished tasks, then waits for a free connection slot; `None` once
+/// `shutdown` completes first.
+async fn slot<F: Future>(
+    tasks: &mut JoinSet<()>,
+    sem: &Arc<Semaphore>,
+    shutdown: std::pin::Pin<&mut F>,
+) -> Option<OwnedSemaphorePermit> {
+    while tasks.try_join_next().is_some() {}
+    tokio::select! {
+        _ = shutdown => None,
+        p = sem.clone().acquire_owned() => Some(p.expect("the semaphore is never closed")),
+    }
 }
 
 /// Waits for the tasks to end, up to `limit`; the rest are aborted.
