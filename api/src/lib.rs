@@ -52,14 +52,18 @@
 //! |---|---|---|
 //! | threads (a thread per connection, blocking IO) | [`Listener`], [`Stream`] (`std::io::Read`/`Write`, timeouts, `try_clone`) | the calling thread parks until the shard answers |
 //! | async code on any executor (tokio, smol, ...) | [`AsyncListener`], [`AsyncStream`] (`futures-io`; tokio via `tokio_util::compat` or [`TokioStream`]) | a task wake-up per answer; no thread per stream or dial |
+//! | thread-per-core tasks on the node's own shards (Seastar/glommio style) | [`Node::spawn_on`], [`local::LocalStream`] (`futures-io`, not `Send`) | none: the task acts on the link directly |
 //! | HTTP, gRPC, TCP programs | [`http`], [`grpc`], [`forward`] (on the async handles) | as async |
 //!
-//! Every handle is `Send`: the stream itself lives on one of the node's shards and a
+//! Every handle but the shard-local ones is `Send`: the stream itself lives on one of the node's shards and a
 //! handle only sends it commands, so any thread may hold it. Blocking handles suit
 //! code that already has a thread per connection; async handles suit many concurrent
 //! streams per thread (each waiting stream costs a few dozen bytes, not a thread).
-//! Every async method documents its cancel-safety. A shard-local API, where user
-//! tasks run on the node's own shards with no cross-thread hop, is not available yet.
+//! Every async method documents its cancel-safety.
+//!
+//! Thread-per-core: [`Node::spawn_on`] runs a task on one of the node's own shards;
+//! its [`local::LocalStream`]s touch their link's state with no cross-thread hop
+//! (see [`local`] for when to choose it).
 //!
 //! ## Address grammar
 //!
@@ -82,6 +86,7 @@ pub mod forward;
 pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod local;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod pipe;

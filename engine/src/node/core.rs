@@ -143,19 +143,76 @@ fn addr_entry(addr: &str) -> Entry {
 
 impl NodeShared {
     pub(crate) fn unbind(&self, port: u32) {
-        let env = self.cfg.env.clone();
-        // Commands go out under the registry lock, so a bind of the same name that
-        // follows is seen after this unbind everywhere.
         let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let name = r.release(port, |n| service_entry(&env, n, port).wire_len());
+        self.unbind_locked(&mut r, port);
+    }
+
+    /// Releases `port`. Commands go out under the registry lock, so a bind of the same
+    /// name that follows is seen after this unbind everywhere.
+    pub(crate) fn unbind_locked(&self, r: &mut Registry, port: u32) {
+        let env = &self.cfg.env;
+        let name = r.release(port, |n| service_entry(env, n, port).wire_len());
         self.push_all(|| Cmd::Unlisten(port));
         if let Some(n) = name {
             self.control(Msg::Local {
                 announce: false,
-                entry: service_entry(&env, &n, port),
+                entry: service_entry(env, &n, port),
             });
         }
-        drop(r);
+    }
+
+    /// The part of a bind done under the registry lock: reserves the port or name and
+    /// tells every shard. Every shard must ack (the returned replies) before the bind
+    /// is announced with [`NodeShared::bind_announce`]: a dial right after `bind` must
+    /// find the listener, wherever its link lives.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn bind_locked(
+        self: &Arc<Self>,
+        r: &mut Registry,
+        spec: &BindSpec,
+    ) -> io::Result<(ListenerRef, Vec<oneshot::Receiver<io::Result<()>>>)> {
+        let env = &self.cfg.env;
+        let entry_bytes = spec
+            .name
+            .as_ref()
+            .map_or(0, |n| service_entry(env, n, 0).wire_len());
+        let port = r.reserve(
+            spec,
+            || self.ephemeral_port(),
+            entry_bytes,
+            self.cfg.limits.max_update_bytes,
+        )?;
+        let (tx, rx) = async_channel::unbounded();
+        let e = ListenerEntry {
+            port,
+            name: spec.name.clone(),
+            tx,
+        };
+        // From here on, dropping the handle (also on the error path) unbinds.
+        let listener = ListenerRef {
+            node: self.clone(),
+            port,
+            name: spec.name.clone(),
+            rx,
+            on_shard: false,
+        };
+        let mut acks = Vec::new();
+        self.push_all(|| {
+            let (tx, rx) = oneshot::channel();
+            acks.push(rx);
+            Cmd::Listen(e.clone(), tx)
+        });
+        Ok((listener, acks))
+    }
+
+    /// Announces a bound name, once every shard routes to it.
+    pub(crate) fn bind_announce(&self, l: &ListenerRef) {
+        if let Some(n) = &l.name {
+            self.control(Msg::Local {
+                announce: true,
+                entry: service_entry(&self.cfg.env, n, l.port),
+            });
+        }
     }
 
     /// Reconnects a joined address after its link was lost, with backoff. One thread
@@ -406,53 +463,19 @@ impl NodeCore {
     pub fn bind(&self, spec: &str) -> io::Result<ListenerRef> {
         self.check_running()?;
         let spec = BindSpec::parse(spec)?;
-        let env = &self.shared.cfg.env;
-        let entry_bytes = spec
-            .name
-            .as_ref()
-            .map_or(0, |n| service_entry(env, n, 0).wire_len());
-        let port = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reserve(
-                &spec,
-                || self.shared.ephemeral_port(),
-                entry_bytes,
-                self.shared.cfg.limits.max_update_bytes,
-            )?;
-        let (tx, rx) = async_channel::unbounded();
-        let e = ListenerEntry {
-            port,
-            name: spec.name.clone(),
-            tx,
+        let (listener, acks) = {
+            let mut r = self
+                .shared
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.shared.bind_locked(&mut r, &spec)?
         };
-        // From here on, dropping the handle (also on the error path) unbinds.
-        let listener = ListenerRef {
-            node: self.shared.clone(),
-            port,
-            name: spec.name.clone(),
-            rx,
-        };
-        // Every shard routes to the listener before `bind` returns (a dial right after
-        // it must find it) and before anyone hears of it.
-        let mut acks = Vec::new();
-        self.shared.push_all(|| {
-            let (tx, rx) = oneshot::channel();
-            acks.push(rx);
-            Cmd::Listen(e.clone(), tx)
-        });
         let deadline = Some(Instant::now() + Duration::from_secs(10));
         for rx in acks {
             wait_reply(rx, deadline)?;
         }
-        if let Some(n) = &spec.name {
-            self.shared.control(Msg::Local {
-                announce: true,
-                entry: service_entry(env, n, port),
-            });
-        }
+        self.shared.bind_announce(&listener);
         Ok(listener)
     }
 
@@ -528,6 +551,58 @@ impl NodeCore {
         let view = self.shared.view.load();
         out.extend(view.services.iter().filter_map(|k| view.service_info(k)));
         out
+    }
+
+    /// How many shards the node runs.
+    pub fn shards(&self) -> usize {
+        self.shared.inboxes.len()
+    }
+
+    /// The shard that holds the link streams to `node` take right now (the first
+    /// hop's link), if `node` is reachable; this node's own streams (dialing itself)
+    /// live on shard 0. A task placed there with [`NodeCore::spawn_on`] reaches
+    /// `node` with no cross-thread hop.
+    pub fn shard_of(&self, node: NodeId) -> Option<usize> {
+        if node == self.shared.id {
+            return Some(self.shared.loopback.0 as usize);
+        }
+        let view = self.shared.view.load();
+        view.routes.get(&node).map(|r| r.shard as usize)
+    }
+
+    /// Runs a task on shard `shard` of this node. `f` is sent to the shard and called
+    /// there with a [`LocalShard`](super::LocalShard); the future it returns runs on
+    /// that shard's executor and need not be `Send`. The receiver gets the task's
+    /// output; it is cancelled if the task panicked or the node shut down first.
+    pub fn spawn_on<F, Fut, T>(&self, shard: usize, f: F) -> io::Result<oneshot::Receiver<T>>
+    where
+        F: FnOnce(super::LocalShard) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+        T: Send + 'static,
+    {
+        self.check_running()?;
+        if shard >= self.shards() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no shard {shard}: the node runs {} shards", self.shards()),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        let start: super::shard::local::SpawnFn = Box::new(move |local| {
+            super::shard::local::spawn_detached(async move {
+                use futures_util::FutureExt;
+                // A panicking task must not take the shard down with it.
+                let r = std::panic::AssertUnwindSafe(f(local)).catch_unwind().await;
+                match r {
+                    Ok(v) => {
+                        let _ = tx.send(v);
+                    }
+                    Err(_) => tracing::error!(shard, "a task started with spawn_on panicked"),
+                }
+            });
+        });
+        self.shared.push(shard as u32, Cmd::Spawn(start));
+        Ok(rx)
     }
 
     /// Nodes this node can reach, with next hop and distance.

@@ -61,9 +61,19 @@ impl StreamRef {
         }
     }
 
-    /// Forget the stream without closing it (the shard refuses it itself).
+    /// Forget the stream without closing it (the shard refuses it itself, or a
+    /// shard-local stream takes over its reference).
     pub(crate) fn disarm(mut self) {
         self.armed = false;
+    }
+
+    /// The shard the stream's link lives on.
+    pub fn shard_index(&self) -> u32 {
+        u32::from(self.shard)
+    }
+
+    pub(crate) fn key(&self) -> StreamKey {
+        self.key
     }
 
     fn push(&self, cmd: Cmd) {
@@ -152,6 +162,9 @@ pub struct ListenerRef {
     pub(crate) port: u32,
     pub(crate) name: Option<String>,
     pub(crate) rx: async_channel::Receiver<Incoming>,
+    /// Held by a shard-local task: dropped on a shard thread, where unbinding must
+    /// not wait for the registry lock.
+    pub(crate) on_shard: bool,
 }
 
 impl ListenerRef {
@@ -176,6 +189,33 @@ impl ListenerRef {
 
 impl Drop for ListenerRef {
     fn drop(&mut self) {
-        self.node.unbind(self.port);
+        if !self.on_shard {
+            self.node.unbind(self.port);
+            return;
+        }
+        // On a shard thread: never wait for the lock user threads take; retry from a
+        // task while it is busy.
+        let (node, port) = (self.node.clone(), self.port);
+        let try_unbind = move || match node.registry.try_lock() {
+            Ok(mut r) => {
+                node.unbind_locked(&mut r, port);
+                true
+            }
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                node.unbind_locked(&mut p.into_inner(), port);
+                true
+            }
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        };
+        if !try_unbind() {
+            super::shard::local::spawn_detached(async move {
+                for _ in 0..1_000_000 {
+                    if try_unbind() {
+                        return;
+                    }
+                    futures_lite::future::yield_now().await;
+                }
+            });
+        }
     }
 }

@@ -31,7 +31,7 @@ mod listeners;
 mod plane;
 mod relay;
 pub(crate) mod routing;
-mod shard;
+pub(crate) mod shard;
 mod upgrade;
 mod view;
 mod wait;
@@ -43,6 +43,7 @@ pub use errors::node_gone;
 pub use handle::{Chunks, Incoming, ListenerRef, Rx, StreamRef};
 #[doc(hidden)]
 pub use plane::fuzzing;
+pub use shard::local::{LocalDialed, LocalListener, LocalShard, LocalStream};
 pub use view::{RouteEvent, RouteInfo, ServiceEvent, ServiceInfo};
 pub use wait_api::*;
 
@@ -125,6 +126,8 @@ pub(crate) enum Cmd {
     },
     /// For the control task (shard 0 only).
     Control(control::Msg),
+    /// Starts a user task on this shard (`NodeCore::spawn_on`).
+    Spawn(shard::local::SpawnFn),
 }
 
 /// A transport as it crosses to the shard: glommio sockets must be made on the shard.

@@ -20,6 +20,7 @@
 //! every link's deadlines).
 
 mod link_io;
+pub(crate) mod local;
 mod streams;
 
 use super::control::{self, Control};
@@ -171,6 +172,8 @@ pub(crate) struct State {
     /// Why recently closed links died, oldest first in `dead_order`.
     dead: HashMap<LinkId, LinkError>,
     dead_order: VecDeque<LinkId>,
+    /// Shard-local tasks waiting on streams (`local.rs`).
+    local: local::LocalWaiters,
 }
 
 /// How many dead links' close reasons a shard remembers.
@@ -333,6 +336,7 @@ impl Shard {
                 let _ = reply.send(Ok(links));
             }
             Cmd::Control(m) => self.on_control(m),
+            Cmd::Spawn(f) => self.spawn_user(f),
         }
     }
 
@@ -440,7 +444,7 @@ impl Shard {
         }
     }
 
-    fn release(&self, key: StreamKey) {
+    pub(crate) fn release(&self, key: StreamKey) {
         let mut st = self.st.borrow_mut();
         if let Some(n) = st.refs.get_mut(&key) {
             *n -= 1;
@@ -612,7 +616,7 @@ impl Shard {
         self.pump_loopback(&mut st, a, b);
     }
 
-    fn dial(&self, st: &mut State, req: DialReq, reply: Reply<StreamRef>) {
+    pub(crate) fn dial(&self, st: &mut State, req: DialReq, reply: Reply<StreamRef>) {
         let Some(slot) = st.links.get_mut(&req.link) else {
             let _ = reply.send(Err(link_gone(st, req.link)));
             return;
@@ -705,6 +709,7 @@ impl Shard {
                 }
                 Event::Readable(id) => {
                     let key = StreamKey { link, id };
+                    st.local.readable(key);
                     if let Some((max, reply)) = st.reads.remove(&key) {
                         match try_read(st, key, max) {
                             Some(r) => {
@@ -719,6 +724,7 @@ impl Shard {
                 }
                 Event::Writable(id) => {
                     let key = StreamKey { link, id };
+                    st.local.writable(key);
                     drive_writes(st, key);
                 }
                 Event::Reset { id, code } => {
@@ -728,6 +734,7 @@ impl Shard {
                         .resets_by_code
                         .entry(code.0)
                         .or_default() += 1;
+                    st.local.all(StreamKey { link, id });
                     streams::on_reset(st, StreamKey { link, id }, code)
                 }
                 Event::Freed(_) => {}
@@ -831,6 +838,7 @@ impl Shard {
             _ => tracing::info!(node = %self.node.id, ?peer, link, reason = %why, "link lost"),
         }
         streams::fail_link(st, link, &why);
+        st.local.link_lost(link);
         if peer.is_some() {
             self.node.control(control::Msg::LinkDown(link));
         }
