@@ -96,7 +96,7 @@ mod tokio_io;
 
 pub use astranet_engine::{
     Addr, Limits, LinkInfo, NodeId, NodeStats, Role, RouteEvent, RouteInfo, ServiceEvent,
-    ServiceInfo,
+    ServiceInfo, StreamReset,
 };
 pub use pipe::{pipe, PipeEnd, PipeReader, PipeWriter};
 pub use stream::{AsyncStream, Stream, MAX_IN_FLIGHT, MAX_WRITE};

@@ -392,3 +392,44 @@ fn direct_upgrade_skips_the_relay_unless_turned_off() {
         drop(srv);
     }
 }
+
+/// A reset crosses a relay with its code unchanged (it used to pass through an
+/// `io::ErrorKind`, so FLOW_CONTROL arrived as CANCELLED).
+#[test]
+fn reset_codes_cross_a_relay_unchanged() {
+    use astranet_engine::proto::frame::{ErrorCode, Frame};
+    use common::raw::{full_update, svc_op, RawOpts, RawPeer};
+    let a = node();
+    let b = node();
+    let addr = b.listen("127.0.0.1:0").unwrap();
+    a.join(&addr.to_string()).unwrap();
+    // C is a raw peer behind B: it announces a service, accepts the relayed OPEN,
+    // then resets the stream with FLOW_CONTROL.
+    let mut opts = RawOpts::new(0x00c0_ffee_0000_0001);
+    opts.accept_opens = true;
+    let mut c = RawPeer::connect(&addr.to_string(), opts).unwrap();
+    c.start_reader(true);
+    c.send(&full_update(c.id, 1, vec![svc_op("raw-svc", 5)]))
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || sees_service(
+        &a, "raw-svc"
+    )));
+    let mut s = a.dial("raw-svc").unwrap();
+    let mut id = 0;
+    assert!(c.log.wait(Duration::from_secs(5), |seen| {
+        id = seen.open_ids.last().copied().unwrap_or(0);
+        id != 0
+    }));
+    c.send(&Frame::Reset {
+        id,
+        code: ErrorCode::FLOW_CONTROL,
+    })
+    .unwrap();
+    let mut buf = [0u8; 8];
+    let e = s.read(&mut buf).unwrap_err();
+    let code = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<astranet::StreamReset>())
+        .map(|r| r.0);
+    assert_eq!(code, Some(ErrorCode::FLOW_CONTROL), "{e}");
+}

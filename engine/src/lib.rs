@@ -16,5 +16,5 @@ pub use node::{
     NodeConfig, NodeCore, NodeStats, Role, RouteEvent, RouteInfo, Rx, ServiceEvent, ServiceInfo,
     StreamRef, Wait,
 };
-pub use node::{LocalDialed, LocalListener, LocalShard, LocalStream};
+pub use node::{LocalDialed, LocalListener, LocalShard, LocalStream, StreamReset};
 pub use types::{valid_name, Addr, BindSpec, NodeId, ParseError, Target};

@@ -29,6 +29,8 @@ pub struct RawOpts {
     pub keepalive_timeout_ms: u32,
     /// Socket write timeout: a write the victim does not take within it fails.
     pub write_timeout: Duration,
+    /// Accept the victim's OPENs (WINDOW with ACK) instead of refusing them.
+    pub accept_opens: bool,
 }
 
 impl RawOpts {
@@ -42,6 +44,7 @@ impl RawOpts {
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 30_000,
             write_timeout: Duration::from_secs(10),
+            accept_opens: false,
         }
     }
 }
@@ -51,6 +54,8 @@ impl RawOpts {
 pub struct Seen {
     pub frames: u64,
     pub opens: Vec<OpenHeader>,
+    /// Stream ids of the victim's OPENs, in order.
+    pub open_ids: Vec<u64>,
     pub resets: Vec<(u64, ErrorCode)>,
     pub goaways: Vec<ErrorCode>,
     pub ping_acks: HashSet<u64>,
@@ -111,6 +116,7 @@ pub struct RawPeer {
     pub log: Arc<Log>,
     reader: Option<JoinHandle<()>>,
     next_ping: AtomicU64,
+    accept_opens: bool,
 }
 
 impl RawPeer {
@@ -184,6 +190,7 @@ impl RawPeer {
             log: Arc::new(Log::default()),
             reader: None,
             next_ping: AtomicU64::new(1 << 63),
+            accept_opens: opts.accept_opens,
         })
     }
 
@@ -195,6 +202,7 @@ impl RawPeer {
         let w = self.writer.clone();
         let log = self.log.clone();
         let mut buf = self.leftover.take().unwrap_or_default();
+        let accept_opens = self.accept_opens;
         self.reader = Some(
             std::thread::Builder::new()
                 .name("raw-reader".into())
@@ -212,9 +220,18 @@ impl RawPeer {
                                         match f {
                                             Frame::Open { id, header, .. } => {
                                                 s.opens.push(header);
-                                                reply = Some(Frame::Reset {
-                                                    id,
-                                                    code: ErrorCode::REFUSED,
+                                                s.open_ids.push(id);
+                                                reply = Some(if accept_opens {
+                                                    Frame::Window {
+                                                        id,
+                                                        ack: true,
+                                                        increment: 0,
+                                                    }
+                                                } else {
+                                                    Frame::Reset {
+                                                        id,
+                                                        code: ErrorCode::REFUSED,
+                                                    }
                                                 });
                                             }
                                             Frame::Reset { id, code } => s.resets.push((id, code)),

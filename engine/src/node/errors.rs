@@ -8,13 +8,38 @@ pub fn node_gone() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "node is shut down")
 }
 
+/// What an `io::Error` for a stream reset by its peer carries: the reset code
+/// (`io::Error::get_ref` and `downcast_ref` get it back).
+///
+/// ```
+/// use astranet_engine::{proto::ErrorCode, StreamReset};
+/// let e = std::io::Error::new(std::io::ErrorKind::ConnectionReset, StreamReset(ErrorCode::CANCELLED));
+/// let code = e.get_ref().and_then(|i| i.downcast_ref::<StreamReset>()).map(|r| r.0);
+/// assert_eq!(code, Some(ErrorCode::CANCELLED));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamReset(pub ErrorCode);
+
+impl std::fmt::Display for StreamReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stream reset by peer: {}", self.0)
+    }
+}
+
+impl std::error::Error for StreamReset {}
+
+/// The reset code an `io::Error` from a stream carries, if the stream was reset.
+pub(crate) fn reset_code(e: &io::Error) -> Option<ErrorCode> {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<StreamReset>())
+        .map(|r| r.0)
+}
+
 /// Maps a stream failure to the `io::Error` users see.
 pub(crate) fn stream_error(e: StreamError) -> io::Error {
     use io::ErrorKind as K;
     match e {
-        StreamError::Reset(code) => {
-            io::Error::new(code_kind(code), format!("stream reset by peer: {code}"))
-        }
+        StreamError::Reset(code) => io::Error::new(code_kind(code), StreamReset(code)),
         StreamError::Finished => io::Error::new(K::BrokenPipe, "write after shutdown_write"),
         StreamError::LinkLost(e) => link_error(&e),
         StreamError::Unknown => io::Error::new(K::NotConnected, "stream is closed"),

@@ -39,7 +39,7 @@ mod watch;
 
 pub use self::core::{LinkInfo, NodeCore, NodeStats};
 pub use config::{Limits, NodeConfig, Role};
-pub use errors::node_gone;
+pub use errors::{node_gone, StreamReset};
 pub use handle::{Chunks, Incoming, ListenerRef, Rx, StreamRef};
 #[doc(hidden)]
 pub use plane::fuzzing;

@@ -1,5 +1,7 @@
 //! Relaying (PROTOCOL.md §10): a stream for another node is opened on towards it and
-//! the two streams are spliced, with one pump task per direction.
+//! the two streams are spliced: on the shard itself when both links live there
+//! (`shard/splice.rs`: no task, no handle), else with one pump task per direction
+//! through the streams' handles.
 //!
 //! Bounded against a peer that opens relayed streams in bulk: each inbound link may
 //! have at most `max_relayed_streams_per_link` relayed streams in flight and open at
@@ -25,6 +27,10 @@ const RELAY_CHUNK: usize = 256 * 1024;
 /// The reset code that carries a relayed stream's failure to its other side.
 pub(crate) fn relay_code(e: &std::io::Error) -> ErrorCode {
     use std::io::ErrorKind as K;
+    // A reset crosses with its own code.
+    if let Some(code) = super::errors::reset_code(e) {
+        return code;
+    }
     match e.kind() {
         K::ConnectionRefused => ErrorCode::REFUSED,
         K::NotFound => ErrorCode::NOT_FOUND,
@@ -212,6 +218,16 @@ impl Shard {
         if !accepted {
             // The opener gave up meanwhile.
             out.reset(ErrorCode::CANCELLED);
+            return;
+        }
+        if out.shard_index() == self.idx {
+            // Both links live here: splice inside the shard's event handling.
+            let out_key = out.key();
+            out.disarm();
+            self.totals.borrow_mut().relayed_streams += 1;
+            let moved = self.st_mut().splice(key, out_key, guard);
+            self.relayed_bytes.set(self.relayed_bytes.get() + moved);
+            self.flush();
             return;
         }
         let inbound = StreamRef::new(self.node.clone(), self.idx, key, local, peer);

@@ -21,6 +21,7 @@
 
 mod link_io;
 pub(crate) mod local;
+mod splice;
 mod streams;
 
 use super::control::{self, Control};
@@ -174,6 +175,8 @@ pub(crate) struct State {
     dead_order: VecDeque<LinkId>,
     /// Shard-local tasks waiting on streams (`local.rs`).
     local: local::LocalWaiters,
+    /// Relayed streams spliced on this shard, per source stream (`splice.rs`).
+    splices: HashMap<StreamKey, splice::Splice>,
 }
 
 /// How many dead links' close reasons a shard remembers.
@@ -709,6 +712,11 @@ impl Shard {
                 }
                 Event::Readable(id) => {
                     let key = StreamKey { link, id };
+                    if st.splices.contains_key(&key) {
+                        let moved = st.splice_pump(key);
+                        self.relayed_bytes.set(self.relayed_bytes.get() + moved);
+                        continue;
+                    }
                     st.local.readable(key);
                     if let Some((max, reply)) = st.reads.remove(&key) {
                         match try_read(st, key, max) {
@@ -724,6 +732,8 @@ impl Shard {
                 }
                 Event::Writable(id) => {
                     let key = StreamKey { link, id };
+                    let moved = st.splice_writable(key);
+                    self.relayed_bytes.set(self.relayed_bytes.get() + moved);
                     st.local.writable(key);
                     drive_writes(st, key);
                 }
@@ -734,6 +744,9 @@ impl Shard {
                         .resets_by_code
                         .entry(code.0)
                         .or_default() += 1;
+                    if st.splice_reset(StreamKey { link, id }, code) {
+                        continue;
+                    }
                     st.local.all(StreamKey { link, id });
                     streams::on_reset(st, StreamKey { link, id }, code)
                 }
@@ -839,6 +852,7 @@ impl Shard {
         }
         streams::fail_link(st, link, &why);
         st.local.link_lost(link);
+        st.splice_link_lost(link);
         if peer.is_some() {
             self.node.control(control::Msg::LinkDown(link));
         }
