@@ -16,7 +16,6 @@
 //! `control`, `routing` and `discovery` (pure state machines), `dial`
 //! (resolving a target), `relay`, `listeners`, `upgrade`, `watch`, `view`.
 
-#[allow(dead_code)] // Used by discovery and the TLS identity (issue 10), landing next.
 pub(crate) mod auth;
 mod config;
 pub(crate) mod control;
@@ -32,6 +31,7 @@ mod plane;
 mod relay;
 pub(crate) mod routing;
 mod shard;
+mod test_auth;
 mod upgrade;
 mod view;
 mod wait;
@@ -156,6 +156,8 @@ pub(crate) struct NodeShared {
     pub(crate) handshaking: AtomicUsize,
     /// Times a peer hit one of our limits.
     pub(crate) limit_hits: AtomicU64,
+    /// Announcements rejected because their origin did not sign them.
+    pub(crate) rejected_announcements: AtomicU64,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     listen_sockets: Mutex<Vec<socket2::Socket>>,
 }
