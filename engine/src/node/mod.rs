@@ -13,8 +13,10 @@
 //!
 //! Files: `core` (start, listen, join, bind, dial, shutdown), `config`,
 //! `handle` (stream and listener handles), `shard` (a shard's links and streams),
-//! `control`, `routing` and `discovery` (pure state machines), `dial`
-//! (resolving a target), `relay`, `listeners`, `upgrade`, `watch`, `view`.
+//! `control`, `routing` and `discovery` (pure state machines; `discovery::signing`
+//! checks signed announcements through `auth`, the interface to the node's identity,
+//! which `test_auth` stands in for in tests), `dial` (resolving a target), `relay`,
+//! `listeners`, `upgrade`, `watch`, `view`.
 
 pub(crate) mod auth;
 mod config;

@@ -261,3 +261,50 @@ pub mod fuzzing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fuzzing::ControlPlane;
+    use crate::proto::frame::{ServiceOp, ServicesUpdate};
+    use bytes::Bytes;
+
+    fn upd(full: bool, base: u64, version: u64, name: &'static str) -> ServicesUpdate {
+        ServicesUpdate {
+            origin: 7,
+            base_version: base,
+            version,
+            full,
+            hops: 0,
+            ops: vec![ServiceOp {
+                announce: true,
+                port: 1,
+                env: Bytes::new(),
+                name: Bytes::from_static(name.as_bytes()),
+            }],
+            request: false,
+            signed: None,
+        }
+    }
+
+    /// The fuzz target's signing helper makes what a signed node accepts, and its
+    /// spoilt variants what it rejects: the fuzzer reaches both paths.
+    #[test]
+    fn the_fuzz_signer_reaches_accept_and_reject() {
+        let mut cp = ControlPlane::new_signed(1, 8);
+        cp.link_up(10, 7);
+        for how in 2..6 {
+            let mut u = upd(true, 0, 5, "a");
+            cp.sign_as_origin(&mut u, how);
+            cp.services(10, &u);
+        }
+        assert_eq!((cp.figures().1, cp.rejected()), (0, 4));
+        let mut u = upd(true, 0, 5, "a");
+        cp.sign_as_origin(&mut u, 1);
+        cp.services(10, &u);
+        let mut d = upd(false, 5, 6, "b");
+        cp.sign_as_origin(&mut d, 0);
+        cp.services(10, &d);
+        assert_eq!((cp.figures().1, cp.rejected()), (2, 4));
+        cp.check();
+    }
+}
