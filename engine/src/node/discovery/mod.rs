@@ -40,7 +40,9 @@ pub(crate) mod signing;
 use super::auth::AnnounceAuth;
 use super::routing::Route;
 use super::LinkId;
-use crate::proto::frame::{Frame, ServiceOp, ServicesSig, ServicesUpdate};
+use crate::proto::frame::{
+    Frame, ServiceOp, ServicesSig, ServicesUpdate, MAX_CREDENTIALS_LEN, MAX_SIGNATURE_LEN,
+};
 use crate::types::NodeId;
 use bytes::Bytes;
 pub(crate) use signing::Reject;
@@ -280,7 +282,7 @@ impl Discovery {
     }
 
     /// Our signature over our current state, made under our current credentials
-    /// (which it carries); `None` in an unsigned mesh.
+    /// (which it carries); `None` in an unsigned mesh, or if they don't fit a frame.
     fn own_sig(&mut self) -> Option<ServicesSig> {
         let own = self.own.as_mut()?;
         let creds = own.auth.credentials();
@@ -298,6 +300,19 @@ impl Discovery {
                 s
             }
         };
+        if sig.is_empty() || sig.len() > MAX_SIGNATURE_LEN || creds.len() > MAX_CREDENTIALS_LEN {
+            // Every receiver would take the frame for malformed and close the link:
+            // announce unsigned instead (receivers reject it, links stay up). The
+            // node's configuration should have refused such an identity.
+            tracing::error!(
+                node = %self.me,
+                signature = sig.len(),
+                credentials = creds.len(),
+                "cannot sign announcements: signature or credentials exceed the \
+                 SERVICES frame's bounds ({MAX_SIGNATURE_LEN} / {MAX_CREDENTIALS_LEN} bytes)"
+            );
+            return None;
+        }
         Some(ServicesSig {
             signature: sig,
             credentials: creds,
