@@ -18,6 +18,7 @@
 //! | `astranet_resets_total` (label `code`) | counter | resets received, by error code |
 //! | `astranet_relayed_streams_total`, `astranet_relayed_bytes_total` | counter | relaying |
 //! | `astranet_limit_hits_total` | counter | times a peer hit one of the node's limits |
+//! | `astranet_rejected_announcements_total` | counter | SERVICES updates rejected: not signed by their origin |
 //! | `astranet_link_rtt_seconds` (label `peer`) | gauge | keep-alive round-trip time per link |
 
 use crate::Node;
@@ -53,6 +54,10 @@ pub fn record(node: &Node) -> io::Result<()> {
     c("astranet_relayed_streams_total", s.relayed_streams);
     c("astranet_relayed_bytes_total", s.relayed_bytes);
     c("astranet_limit_hits_total", s.limit_hits);
+    c(
+        "astranet_rejected_announcements_total",
+        s.rejected_announcements,
+    );
     for (code, n) in &s.resets_by_code {
         counter!("astranet_resets_total", "node" => id.clone(), "code" => code.to_string())
             .absolute(*n);

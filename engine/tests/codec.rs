@@ -2,7 +2,7 @@
 
 use astranet_engine::proto::frame::{
     self, Decoded, ErrorCode, Frame, FrameError, FrameType, Hello, OpenHeader, RouteEntry,
-    ServiceOp, ServicesUpdate, HEADER_LEN, MAX_STREAM_ID, PREAMBLE, VERSION,
+    ServiceOp, ServicesSig, ServicesUpdate, HEADER_LEN, MAX_STREAM_ID, PREAMBLE, VERSION,
 };
 use astranet_engine::proto::{Link, LinkConfig};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -123,9 +123,10 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 0..20
             ),
             any::<bool>(),
+            proptest::option::of((bytes_upto(64), bytes_upto(100))),
         )
             .prop_map(
-                |(origin, base_version, version, full, hops, ops, request)| {
+                |(origin, base_version, version, full, hops, ops, request, signed)| {
                     Frame::Services(ServicesUpdate {
                         origin,
                         base_version,
@@ -133,6 +134,15 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                         full,
                         hops,
                         request,
+                        // A signature is never empty.
+                        signed: signed.map(|(s, credentials)| ServicesSig {
+                            signature: if s.is_empty() {
+                                Bytes::from_static(b"s")
+                            } else {
+                                s
+                            },
+                            credentials,
+                        }),
                         ops: ops
                             .into_iter()
                             .map(|(announce, port, env, name)| ServiceOp {

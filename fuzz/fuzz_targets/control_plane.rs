@@ -4,6 +4,12 @@
 //! invariants that bound what peers can make a node hold must hold (caps per link and
 //! per origin, every origin held over its current route, counters consistent), and
 //! nothing may panic.
+//!
+//! The first byte picks an unsigned or a signed mesh (test-double identities). In a
+//! signed mesh each update is signed as its origin would sign it over the state it
+//! produces, or spoiled (wrong signature, another node's credentials, another
+//! version, unsigned), and the invariants include: everything held verifies with its
+//! origin's signature.
 #![no_main]
 
 use astranet_engine::node::fuzzing::ControlPlane;
@@ -35,7 +41,15 @@ impl Input<'_> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut cp = ControlPlane::new(1, CAP);
+    let Some((mode, data)) = data.split_first() else {
+        return;
+    };
+    let signed = mode & 1 == 1;
+    let mut cp = if signed {
+        ControlPlane::new_signed(1, CAP)
+    } else {
+        ControlPlane::new(1, CAP)
+    };
     let mut input = Input(data);
     let mut steps = 0;
     while let Some(op) = input.byte() {
@@ -78,18 +92,21 @@ fuzz_target!(|data: &[u8]| {
                         })
                     })
                     .collect();
-                cp.services(
-                    link,
-                    &ServicesUpdate {
-                        origin,
-                        base_version: base,
-                        version,
-                        full: flags & 1 != 0,
-                        hops: flags >> 4,
-                        ops,
-                        request: flags & 6 == 6,
-                    },
-                );
+                let mut u = ServicesUpdate {
+                    origin,
+                    base_version: base,
+                    version,
+                    full: flags & 1 != 0,
+                    hops: flags >> 4,
+                    ops,
+                    request: flags & 6 == 6,
+                    signed: None,
+                };
+                if signed {
+                    let Some(how) = input.byte() else { break };
+                    cp.sign_as_origin(&mut u, how);
+                }
+                cp.services(link, &u);
             }
             _ => {
                 let Some(b) = input.byte() else { break };
@@ -98,6 +115,9 @@ fuzz_target!(|data: &[u8]| {
         }
         cp.check();
         let (origins, entries, _routes, _hits) = cp.figures();
+        if !signed {
+            assert_eq!(cp.rejected(), 0);
+        }
         // 5 links at most, each within its caps.
         assert!(origins <= 5 * CAP && entries <= 5 * 2 * CAP);
         let _ = cp.take_frames();

@@ -422,6 +422,7 @@ pub fn full_update(origin: u64, version: u64, ops: Vec<ServiceOp>) -> Frame {
         hops: 0,
         ops,
         request: false,
+        signed: None,
     })
 }
 
@@ -435,6 +436,7 @@ pub fn diff_update(origin: u64, base: u64, ops: Vec<ServiceOp>) -> Frame {
         hops: 0,
         ops,
         request: false,
+        signed: None,
     })
 }
 

@@ -42,3 +42,10 @@ pub(crate) trait AnnounceAuth: Send + Sync {
         creds: &[u8],
     ) -> Result<Arc<dyn OriginKey>, AuthError>;
 }
+
+// So that the node's settings, which hold one, can be printed.
+impl std::fmt::Debug for dyn AnnounceAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnnounceAuth")
+    }
+}

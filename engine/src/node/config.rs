@@ -1,7 +1,9 @@
 //! A node's settings: its role, its limits, and what it advertises on links.
 
+use super::auth::AnnounceAuth;
 use crate::proto::{frame, LinkConfig};
 use crate::types::NodeId;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a node does for its mesh.
@@ -130,6 +132,9 @@ pub struct NodeConfig {
     /// Advertise this node's listen addresses, and join nodes reached only through
     /// relays directly when they advertise theirs (PROTOCOL.md §10.5).
     pub direct_upgrade: bool,
+    /// Signs this node's announcements and verifies other origins' (PROTOCOL.md
+    /// §11.5); `None`: an unsigned mesh. Set from the node's TLS identity.
+    pub(crate) announce_auth: Option<Arc<dyn AnnounceAuth>>,
 }
 
 impl Default for NodeConfig {
@@ -145,6 +150,7 @@ impl Default for NodeConfig {
             backlog: 1 << 20,
             join_timeout: Duration::from_secs(10),
             direct_upgrade: true,
+            announce_auth: None,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! it carries (see `routing.rs` and `discovery.rs`).
 
 use super::dial::DialWait;
-use super::discovery::{Discovery, DiscoveryLimits, Entry, Out, Send};
+use super::discovery::{Discovery, DiscoveryLimits, Entry, Out, Rejected, Send};
 use super::errors::not_found;
 use super::plane::Plane;
 use super::routing::{Change, Routing};
@@ -22,7 +22,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 /// What the control task is told.
 pub(crate) enum Msg {
@@ -53,6 +53,10 @@ pub(crate) enum Msg {
         addr: SocketAddr,
         ok: bool,
     },
+    /// The node's credentials changed (a certificate reload): announce our services
+    /// anew, signed with the new key and carrying the new credentials.
+    #[allow(dead_code)] // Sent by the TLS identity's reload (issue 10), landing next.
+    CredentialsChanged,
 }
 
 /// Messages a link may have waiting at the control task; beyond, the link stops
@@ -102,11 +106,80 @@ pub(crate) struct Control {
     outbox: HashMap<u32, Vec<(LinkId, Frame)>>,
     dirty: bool,
     hits_seen: u64,
+    rejected_seen: u64,
+    reject_log: RejectLog,
+}
+
+/// Rejected announcements are logged at most [`RejectLog::BURST`] times per
+/// [`RejectLog::WINDOW`], then summed up: a router that forges a flood of updates
+/// must not flood the log too.
+#[derive(Default)]
+struct RejectLog {
+    window: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RejectLog {
+    const BURST: u32 = 10;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn log(&mut self, me: NodeId, r: &Rejected, peer: Option<NodeId>, now: Instant) {
+        if self
+            .window
+            .is_none_or(|t| now.duration_since(t) >= Self::WINDOW)
+        {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    node = %me,
+                    count = self.suppressed,
+                    "more SERVICES updates rejected (not signed by their origin) in the last {:?}",
+                    Self::WINDOW
+                );
+            }
+            *self = RejectLog {
+                window: Some(now),
+                ..RejectLog::default()
+            };
+        }
+        if self.logged >= Self::BURST {
+            self.suppressed += 1;
+            return;
+        }
+        self.logged += 1;
+        let peer = peer.map_or_else(|| "?".to_string(), |p| p.to_string());
+        tracing::warn!(
+            node = %me,
+            link = r.link,
+            %peer,
+            origin = %r.origin,
+            reason = %r.why,
+            "rejected a SERVICES update that its origin did not sign; the peer relayed \
+             a forged or altered announcement"
+        );
+    }
+}
+
+/// The version a node's announcements start from: in a signed mesh, receivers take
+/// only versions above the ones they hold, so a restarted node must not start over
+/// from 1. Microseconds since the Unix epoch exceed every version a previous run used
+/// unless it announced more than a million changes per second of its life, or the
+/// clock stepped back across the restart. An unsigned mesh starts from 1, as ever.
+fn first_version(signed: bool) -> u64 {
+    if !signed {
+        return 1;
+    }
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 1))
 }
 
 impl Control {
     pub(crate) fn new(node: Arc<NodeShared>) -> Self {
         let l = &node.cfg.limits;
+        // The node's identity, if it signs its announcements (PROTOCOL.md §11.5).
+        let auth = node.cfg.announce_auth.clone();
+        let first = first_version(auth.is_some());
         let plane = Plane::new(
             node.id,
             node.cfg.role != Role::Client,
@@ -118,6 +191,8 @@ impl Control {
                 max_entries_per_link: l.max_service_entries_per_link,
                 max_update_bytes: l.max_update_bytes,
             },
+            auth,
+            first,
         );
         let upgrades = Upgrades::new(
             node.cfg.direct_upgrade,
@@ -139,6 +214,8 @@ impl Control {
             outbox: HashMap::new(),
             dirty: false,
             hits_seen: 0,
+            rejected_seen: 0,
+            reject_log: RejectLog::default(),
         }
     }
 
@@ -224,6 +301,11 @@ impl Control {
                 let _ = reply.send(Ok(()));
             }
             Msg::UpgradeDone { addr, ok } => self.upgrades.done(addr, ok, now),
+            Msg::CredentialsChanged => self.plane.discovery.credentials_changed(&mut out),
+        }
+        for r in &out.rejected {
+            let peer = self.plane.routing.peer_of(r.link).map(|(p, _)| p);
+            self.reject_log.log(self.node.id, r, peer, now);
         }
         self.sends(out.sends.drain(..));
         self.seen(&out);
@@ -246,6 +328,12 @@ impl Control {
         self.node
             .hit_limit("routes or services per link", hits - self.hits_seen);
         self.hits_seen = hits;
+        let rejected = self.plane.rejected();
+        self.node.rejected_announcements.fetch_add(
+            rejected - self.rejected_seen,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.rejected_seen = rejected;
         dials
     }
 

@@ -46,6 +46,10 @@ pub struct NodeStats {
     pub routes: usize,
     /// Times a peer hit one of this node's limits since it started.
     pub limit_hits: u64,
+    /// Service announcements (SERVICES updates) rejected since the node started
+    /// because their origin did not sign them: forged or altered by a router on the
+    /// path (signed meshes only; PROTOCOL.md §11.5).
+    pub rejected_announcements: u64,
     /// Bytes received on links since the node started (all links, closed ones too).
     pub bytes_in: u64,
     /// Bytes sent on links since the node started.
@@ -314,6 +318,7 @@ impl NodeCore {
             links: AtomicUsize::new(0),
             handshaking: AtomicUsize::new(0),
             limit_hits: AtomicU64::new(0),
+            rejected_announcements: AtomicU64::new(0),
             threads: Mutex::default(),
             listen_sockets: Mutex::default(),
             cfg,
@@ -713,6 +718,7 @@ impl NodeCore {
         }
         // Read last: the shards' figures include every input processed so far.
         total.limit_hits = self.shared.limit_hits.load(Ordering::Relaxed);
+        total.rejected_announcements = self.shared.rejected_announcements.load(Ordering::Relaxed);
         Ok(total)
     }
 }

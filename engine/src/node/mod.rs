@@ -13,10 +13,11 @@
 //!
 //! Files: `core` (start, listen, join, bind, dial, shutdown), `config`,
 //! `handle` (stream and listener handles), `shard` (a shard's links and streams),
-//! `control`, `routing` and `discovery` (pure state machines), `dial`
-//! (resolving a target), `relay`, `listeners`, `upgrade`, `watch`, `view`.
+//! `control`, `routing` and `discovery` (pure state machines; `discovery::signing`
+//! checks signed announcements through `auth`, the interface to the node's identity,
+//! which `test_auth` stands in for in tests), `dial` (resolving a target), `relay`,
+//! `listeners`, `upgrade`, `watch`, `view`.
 
-#[allow(dead_code)] // Used by discovery and the TLS identity (issue 10), landing next.
 pub(crate) mod auth;
 mod config;
 pub(crate) mod control;
@@ -32,6 +33,7 @@ mod plane;
 mod relay;
 pub(crate) mod routing;
 pub(crate) mod shard;
+mod test_auth;
 mod upgrade;
 mod view;
 mod wait;
@@ -159,6 +161,8 @@ pub(crate) struct NodeShared {
     pub(crate) handshaking: AtomicUsize,
     /// Times a peer hit one of our limits.
     pub(crate) limit_hits: AtomicU64,
+    /// Announcements rejected because their origin did not sign them.
+    pub(crate) rejected_announcements: AtomicU64,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     listen_sockets: Mutex<Vec<socket2::Socket>>,
 }

@@ -77,6 +77,16 @@ pub const FLAG_FIN: u8 = 0x01;
 pub const FLAG_ACK: u8 = 0x01;
 /// Flag bit: SERVICES asks for a full update.
 pub const FLAG_REQUEST: u8 = 0x02;
+/// Flag bit: SERVICES carries its origin's signature (and maybe credentials) after
+/// the ops (`PROTOCOL.md` §11.5).
+pub const FLAG_SIGNED: u8 = 0x04;
+/// Largest signature a signed SERVICES frame may carry (RSA-4096 takes 512 bytes;
+/// Ed25519 and ECDSA far less).
+pub const MAX_SIGNATURE_LEN: usize = 512;
+/// Largest credentials (an encoded certificate chain) a signed SERVICES frame may
+/// carry. With the default limits (60 KiB of ops) a full signed update still fits the
+/// default 64 KiB frame size.
+pub const MAX_CREDENTIALS_LEN: usize = 3072;
 /// Types at or above this are extensions: a receiver that does not know one skips it.
 pub const EXTENSION_TYPE_BASE: u8 = 0x80;
 
@@ -274,6 +284,28 @@ pub struct ServicesUpdate {
     pub ops: Vec<ServiceOp>,
     /// REQUEST flag: asks the receiver for a full update of `origin`.
     pub request: bool,
+    /// The origin's signature over its state at `version` (`None`: an unsigned mesh,
+    /// or a REQUEST).
+    pub signed: Option<ServicesSig>,
+}
+
+/// What makes a SERVICES update verifiable (`PROTOCOL.md` §11.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicesSig {
+    /// The origin's signature over its whole state at the update's version
+    /// (1..=[`MAX_SIGNATURE_LEN`] bytes).
+    pub signature: Bytes,
+    /// The origin's credentials (its certificate chain), so that nodes that never
+    /// linked with it can verify the signature; empty in diffs
+    /// (0..=[`MAX_CREDENTIALS_LEN`] bytes).
+    pub credentials: Bytes,
+}
+
+impl ServicesSig {
+    /// Bytes it adds to a SERVICES payload.
+    pub fn encoded_len(&self) -> usize {
+        2 + self.signature.len() + 2 + self.credentials.len()
+    }
 }
 
 /// One entry of a ROUTES frame.
@@ -479,11 +511,14 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 .iter()
                 .map(|o| 1 + 4 + 1 + o.env.len() + 1 + o.name.len())
                 .sum();
+            let flags = if u.request { FLAG_REQUEST } else { 0 }
+                | if u.signed.is_some() { FLAG_SIGNED } else { 0 };
+            let sig_len = u.signed.as_ref().map_or(0, ServicesSig::encoded_len);
             put_header(
                 out,
                 FrameType::Services,
-                if u.request { FLAG_REQUEST } else { 0 },
-                8 + 8 + 8 + 1 + 1 + 2 + ops_len,
+                flags,
+                8 + 8 + 8 + 1 + 1 + 2 + ops_len + sig_len,
                 0,
             );
             out.put_u64(u.origin);
@@ -497,6 +532,12 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 out.put_u32(o.port);
                 put_short_bytes(out, &o.env);
                 put_short_bytes(out, &o.name);
+            }
+            if let Some(sig) = &u.signed {
+                out.put_u16(sig.signature.len() as u16);
+                out.put_slice(&sig.signature);
+                out.put_u16(sig.credentials.len() as u16);
+                out.put_slice(&sig.credentials);
             }
         }
         Frame::Routes { entries } => {
@@ -788,6 +829,24 @@ pub fn decode(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Decoded>, F
                     name,
                 });
             }
+            let signed = if h.flags & FLAG_SIGNED != 0 {
+                let n = p.u16()? as usize;
+                if n == 0 || n > MAX_SIGNATURE_LEN {
+                    return Err(malformed(kind, "signature length not in 1..=512"));
+                }
+                let signature = Bytes::copy_from_slice(p.take(n)?);
+                let n = p.u16()? as usize;
+                if n > MAX_CREDENTIALS_LEN {
+                    return Err(malformed(kind, "credentials longer than 3072 bytes"));
+                }
+                let credentials = Bytes::copy_from_slice(p.take(n)?);
+                Some(ServicesSig {
+                    signature,
+                    credentials,
+                })
+            } else {
+                None
+            };
             p.end()?;
             buf.advance(len);
             Frame::Services(ServicesUpdate {
@@ -798,6 +857,7 @@ pub fn decode(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Decoded>, F
                 hops,
                 ops,
                 request: h.flags & FLAG_REQUEST != 0,
+                signed,
             })
         }
         FrameType::Routes => {
@@ -935,5 +995,82 @@ mod tests {
             decode(&mut out, 100).unwrap_err(),
             FrameError::UnknownType(0x4f)
         );
+    }
+
+    fn services(signed: Option<ServicesSig>) -> Frame {
+        Frame::Services(ServicesUpdate {
+            origin: 7,
+            base_version: 0,
+            version: 9,
+            full: true,
+            hops: 1,
+            ops: vec![ServiceOp {
+                announce: true,
+                port: 80,
+                env: Bytes::new(),
+                name: Bytes::from_static(b"svc"),
+            }],
+            request: false,
+            signed,
+        })
+    }
+
+    fn sig(signature: usize, credentials: usize) -> Option<ServicesSig> {
+        Some(ServicesSig {
+            signature: Bytes::from(vec![1; signature]),
+            credentials: Bytes::from(vec![2; credentials]),
+        })
+    }
+
+    #[test]
+    fn unsigned_services_keep_their_layout_signed_ones_append_the_signature() {
+        let mut plain = BytesMut::new();
+        encode(&services(None), &mut plain);
+        // Flags byte: no SIGNED bit, and the payload ends after the ops.
+        assert_eq!(plain[1], 0);
+        assert_eq!(plain.len(), HEADER_LEN + 28 + 1 + 4 + 1 + 1 + 3);
+        let mut signed = BytesMut::new();
+        encode(&services(sig(64, 100)), &mut signed);
+        assert_eq!(signed[1], FLAG_SIGNED);
+        assert_eq!(signed.len(), plain.len() + 2 + 64 + 2 + 100);
+        for f in [
+            services(None),
+            services(sig(64, 0)),
+            services(sig(512, 3072)),
+        ] {
+            let mut b = BytesMut::new();
+            encode(&f, &mut b);
+            match decode(&mut b, 1 << 20) {
+                Ok(Some(Decoded::Frame(g))) => assert_eq!(g, f),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn signature_and_credential_sizes_are_bounded() {
+        for (s, c, why) in [
+            (0, 0, "signature length not in 1..=512"),
+            (513, 0, "signature length not in 1..=512"),
+            (64, 3073, "credentials longer than 3072 bytes"),
+        ] {
+            let mut b = BytesMut::new();
+            encode(&services(sig(s, c)), &mut b);
+            assert_eq!(
+                decode(&mut b, 1 << 20).unwrap_err(),
+                FrameError::Malformed {
+                    kind: FrameType::Services,
+                    why
+                }
+            );
+        }
+        // The SIGNED flag on a frame without the trailer: too short.
+        let mut b = BytesMut::new();
+        encode(&services(None), &mut b);
+        b[1] = FLAG_SIGNED;
+        assert!(matches!(
+            decode(&mut b, 1 << 20),
+            Err(FrameError::Malformed { .. })
+        ));
     }
 }
