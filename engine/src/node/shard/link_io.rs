@@ -232,6 +232,7 @@ impl Shard {
             glommio::timer::sleep(wait).await;
             let now = Instant::now();
             self.link_timers(now, stall_after);
+            self.sweep_mail();
             if let Some(c) = &self.control {
                 c.borrow_mut().handle_timeout(now);
             }
