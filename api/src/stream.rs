@@ -74,7 +74,11 @@ impl Inner {
     }
 
     fn tidy(&mut self) {
-        if self.t.as_ref().is_some_and(|t| t.read.is_none() && t.write.is_none()) {
+        if self
+            .t
+            .as_ref()
+            .is_some_and(|t| t.read.is_none() && t.write.is_none())
+        {
             self.t = None;
         }
     }

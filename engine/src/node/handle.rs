@@ -170,7 +170,11 @@ impl StreamRef {
     }
 
     /// [`StreamRef::poll_write`] without a copy: takes bytes off the front of `data`.
-    pub fn poll_write_bytes(&self, cx: &mut Context<'_>, data: &mut Bytes) -> Poll<io::Result<usize>> {
+    pub fn poll_write_bytes(
+        &self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }

@@ -331,4 +331,3 @@ impl Mailbox {
         add_waker(&mut lock(&self.recv).wakers, cx.waker());
     }
 }
-

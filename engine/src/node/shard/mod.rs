@@ -27,9 +27,11 @@ use super::dial::DialReq;
 use super::errors::{link_error, stream_error};
 use super::io::Transport;
 use super::listeners::Table;
-use super::relay::RelayBudget;
 use super::mailbox::Mailbox;
-use super::{Cmd, Incoming, LinkId, NodeShared, NodeStats, Reply, StreamKey, StreamRef, Transport0};
+use super::relay::RelayBudget;
+use super::{
+    Cmd, Incoming, LinkId, NodeShared, NodeStats, Reply, StreamKey, StreamRef, Transport0,
+};
 use crate::proto::{ErrorCode, Event, Link, LinkError, StreamError};
 use crate::types::{Addr, NodeId};
 use bytes::BytesMut;

@@ -8,8 +8,7 @@
 
 use super::super::errors::{link_error, node_gone, stream_error};
 use super::super::mailbox::{
-    lock, wake_all, Mailbox, ATTACHED, DETACHED, EOF, FIN_DONE, NOTIFY, RERR, SHUT, TOUCHED,
-    WERR,
+    lock, wake_all, Mailbox, ATTACHED, DETACHED, EOF, FIN_DONE, NOTIFY, RERR, SHUT, TOUCHED, WERR,
 };
 use super::super::{Cmd, StreamKey};
 use super::{Shard, State};
@@ -340,7 +339,8 @@ impl Shard {
     pub(crate) fn fail_all_mail(&self) {
         let inbox = &self.node.inboxes[self.idx as usize];
         inbox.close();
-        let mut mbs: Vec<Arc<Mailbox>> = self.st.borrow_mut().mail.drain().map(|(_, m)| m).collect();
+        let mut mbs: Vec<Arc<Mailbox>> =
+            self.st.borrow_mut().mail.drain().map(|(_, m)| m).collect();
         for c in inbox.drain_all() {
             if let Cmd::Mail(m) | Cmd::Service(m) | Cmd::Attach(m) = c {
                 mbs.push(m);
