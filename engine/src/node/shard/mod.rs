@@ -209,6 +209,8 @@ pub(crate) struct Shard {
     listeners: RefCell<Table>,
     /// The control task's state (shard 0 only).
     control: Option<RefCell<Control>>,
+    /// Wakers taken out of mailboxes, woken once their lock is released.
+    wake_buf: RefCell<Vec<Waker>>,
 }
 
 impl Shard {
@@ -222,6 +224,7 @@ impl Shard {
             st: RefCell::new(State::default()),
             listeners: RefCell::new(Table::default()),
             control,
+            wake_buf: RefCell::default(),
         }
     }
 

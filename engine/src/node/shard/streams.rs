@@ -15,6 +15,7 @@ use super::{Shard, State};
 use crate::proto::{ErrorCode, LinkError, Recv, StreamError};
 use std::io;
 use std::sync::Arc;
+use std::task::Waker;
 
 /// Mailboxes one sweep (one timer tick) looks at, at most.
 const SWEEP_BATCH: usize = 32 * 1024;
@@ -76,16 +77,29 @@ impl Shard {
         self.wake_everyone(&mb);
     }
 
+    /// Moves a mailbox's wakers aside (the mailbox keeps its `Vec`'s capacity, so
+    /// waiting allocates nothing in steady state); [`Shard::wake_collected`] wakes them
+    /// once the lock is released.
+    fn collect_wakers(&self, v: &mut Vec<Waker>) {
+        self.wake_buf.borrow_mut().append(v);
+    }
+
+    fn wake_collected(&self) {
+        // No borrow is held while waking.
+        while let Some(w) = self.wake_buf.borrow_mut().pop() {
+            w.wake();
+        }
+    }
+
     /// Wakes whoever waits on `mb`, whatever for (they look again).
     pub(super) fn wake_everyone(&self, mb: &Arc<Mailbox>) {
         let (Ok(mut r), Ok(mut w)) = (mb.recv.try_lock(), mb.send.try_lock()) else {
             return self.retry(mb);
         };
-        let a = std::mem::take(&mut r.wakers);
-        let b = std::mem::take(&mut w.wakers);
+        self.collect_wakers(&mut r.wakers);
+        self.collect_wakers(&mut w.wakers);
         drop((r, w));
-        wake_all(a);
-        wake_all(b);
+        self.wake_collected();
     }
 
     /// Everything a mailbox may ask: staged bytes, consumed bytes, half-close.
@@ -118,7 +132,11 @@ impl Shard {
                 r.consumed = 0;
                 st.dirty.push(key.link);
             }
-            while !closing {
+            // A released stream's bytes stay in the core, which discards them at close.
+            loop {
+                if closing {
+                    break;
+                }
                 match slot.core.recv_take(key.id, usize::MAX) {
                     Ok(Recv::Data(b)) => {
                         r.bytes += b.len();
@@ -139,13 +157,11 @@ impl Shard {
         }
         // One wake per empty→non-empty transition: readers register only when they
         // found nothing, and their wakers are taken here.
-        let woke = if !r.wakers.is_empty() && (r.bytes > 0 || mb.state() & (EOF | RERR) != 0) {
-            std::mem::take(&mut r.wakers)
-        } else {
-            Vec::new()
-        };
+        if !r.wakers.is_empty() && (r.bytes > 0 || mb.state() & (EOF | RERR) != 0) {
+            self.collect_wakers(&mut r.wakers);
+        }
         drop(r);
-        wake_all(woke);
+        self.wake_collected();
     }
 
     /// Hands staged bytes to the core as far as the stream's credit allows, then the
@@ -196,14 +212,12 @@ impl Shard {
             w.q.clear();
             w.bytes = 0;
         }
-        let woke = if took > 0 || failed_now {
-            std::mem::take(&mut w.wakers)
-        } else {
-            Vec::new()
-        };
+        if took > 0 || failed_now {
+            self.collect_wakers(&mut w.wakers);
+        }
         let drained = w.q.is_empty();
         drop(w);
-        wake_all(woke);
+        self.wake_collected();
         if drained && st.closing.contains(&key) {
             self.close_now(st, mb);
         }
