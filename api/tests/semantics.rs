@@ -372,3 +372,88 @@ fn binding_past_what_one_announcement_holds_fails_clearly() {
     assert!(node.bind(&format!("t{:059}", 0)).is_ok());
     assert!(node.bind(":4242").is_ok());
 }
+
+/// Runs `f` on a thread and fails the test if it does not finish in `limit` (a
+/// deadlock shows as a failure, not a hang).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .expect("deadlock: did not finish in time")
+}
+
+#[test]
+fn half_close_after_a_large_request_does_not_wait_for_the_peer() {
+    // Like TcpStream::shutdown(Write): the FIN queues behind 256 KiB (more than the
+    // peer's window) and returns; the peer reads only after we half-closed.
+    let (client, server) = tcp_pair();
+    let l = server.bind(":17").unwrap();
+    let req = pattern(17, 256 * 1024);
+    let srv = std::thread::spawn(move || {
+        let mut s = l.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        s.write_all(format!("got {}", got.len()).as_bytes())
+            .unwrap();
+        got
+    });
+    let addr = format!("{}:17", server.id());
+    let answer = within(Duration::from_secs(20), move || {
+        let mut c = client.dial(&addr).unwrap();
+        c.write_all(&req).unwrap();
+        let t = Instant::now();
+        c.shutdown_write().unwrap();
+        let took = t.elapsed();
+        let mut back = String::new();
+        c.read_to_string(&mut back).unwrap();
+        (back, took, client)
+    });
+    assert_eq!(answer.0, format!("got {}", 256 * 1024));
+    assert!(answer.1 < Duration::from_millis(500), "{:?}", answer.1);
+    assert_eq!(srv.join().unwrap(), pattern(17, 256 * 1024));
+}
+
+#[test]
+fn write_timeout_then_half_close_loses_and_repeats_nothing() {
+    let (client, server) = tcp_pair();
+    let l = server.bind(":18").unwrap();
+    let mut c = client.dial(&format!("{}:18", server.id())).unwrap();
+    let mut s = l.accept().unwrap();
+    c.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Nobody reads: write a numbered byte sequence until a write times out.
+    let data = pattern(18, 8 << 20);
+    let mut sent = 0usize;
+    let t = Instant::now();
+    loop {
+        match c.write(&data[sent..sent + 40_000]) {
+            Ok(n) => sent += n,
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::TimedOut);
+                break;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "writes never blocked"
+        );
+    }
+    // A half-close right after the timeout does not wait either.
+    let t = Instant::now();
+    c.shutdown_write().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // The peer gets exactly the bytes the writes reported: none lost, none twice.
+    let got = within(Duration::from_secs(20), move || {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    assert_eq!(got.len(), sent);
+    assert!(got == data[..sent], "bytes differ");
+}

@@ -260,8 +260,8 @@ fn dial_works(mesh: &Mesh, svc: &astranet_engine::ListenerRef) {
     let Wait::Done(Ok(s)) = wait_timeout(rx, Some(deadline)) else {
         panic!("dial failed");
     };
-    let Wait::Done(Ok(_)) = wait_timeout(s.write(Bytes::from_static(b"ping")), Some(deadline))
-    else {
+    let write = std::future::poll_fn(|cx| s.poll_write(cx, b"ping"));
+    let Some(Ok(4)) = block_on_until(&mut std::pin::pin!(write), Some(deadline)) else {
         panic!("write failed");
     };
     let mut recv = Box::pin(svc.queue().recv());
@@ -269,11 +269,15 @@ fn dial_works(mesh: &Mesh, svc: &astranet_engine::ListenerRef) {
         .expect("O accepts in time")
         .expect("listener open");
     assert_eq!(inc.stream.peer_addr().node, mesh.v.id());
-    let Wait::Done(Ok(mut got)) = wait_timeout(inc.stream.read(64), Some(deadline)) else {
-        panic!("read failed");
-    };
     let mut b = [0u8; 4];
-    assert_eq!(got.copy_to(&mut b), 4);
+    let mut got = 0;
+    while got < 4 {
+        let read = std::future::poll_fn(|cx| inc.stream.poll_read(cx, &mut b[got..]));
+        let Some(Ok(n @ 1..)) = block_on_until(&mut std::pin::pin!(read), Some(deadline)) else {
+            panic!("read failed");
+        };
+        got += n;
+    }
     assert_eq!(&b, b"ping");
 }
 

@@ -305,9 +305,11 @@ impl NodeCore {
             ));
         }
         let inboxes: Vec<_> = (0..cfg.shards).map(|_| Arc::new(Inbox::new())).collect();
+        let mail = (0..cfg.shards).map(|_| papaya::HashMap::new()).collect();
         let shared = Arc::new(NodeShared {
             id: cfg.id,
             inboxes,
+            mail,
             registry: Mutex::new(Registry::default()),
             view: view::Published::new(),
             next_link: AtomicU64::new(3),
@@ -736,6 +738,7 @@ async fn run_shard(idx: u32, node: Arc<NodeShared>) {
         shard.end_batch();
         shard.flush();
         if shard.is_stopped() {
+            shard.fail_all_mail();
             return;
         }
     }

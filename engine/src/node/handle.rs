@@ -1,12 +1,18 @@
 //! The handles user code holds: [`StreamRef`] and [`ListenerRef`]. Thin on purpose (a
-//! million may be held): ids and a shard number; state stays in the shard.
+//! million may be held): ids and a shard number; state stays in the shard, and while
+//! the stream is busy, in the mailbox it shares with the shard (`mailbox`).
 
+use super::errors::node_gone;
+use super::mailbox::{self, Mailbox};
+pub use super::mailbox::{MAX_STAGED, MAX_WRITE};
 use super::{Cmd, NodeShared, StreamKey};
 use crate::proto::ErrorCode;
 use crate::types::Addr;
 use bytes::Bytes;
 use futures_channel::oneshot;
+use std::io;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 /// Bytes read from a stream, as the chunks they arrived in (no copy). Empty means end
 /// of stream.
@@ -93,38 +99,129 @@ impl StreamRef {
         self.peer
     }
 
-    /// Asks for up to `max` bytes (as many queued chunks as fit); an empty reply means
-    /// end of stream.
-    pub fn read(&self, max: usize) -> Rx<Chunks> {
-        let (reply, rx) = oneshot::channel();
-        self.push(Cmd::Read {
-            key: self.key,
-            max,
-            reply,
-        });
-        rx
+    /// Runs `op` inside the stream's mailbox (see `mailbox`): found in the shard's
+    /// lock-free map, or asked for (one round trip, only after the stream was idle).
+    fn with_mailbox<T>(
+        &self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(&Arc<Mailbox>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let shard = u32::from(self.shard);
+        let map = &self.node.mail[usize::from(self.shard)];
+        let mb = loop {
+            let found = map.pin().get(&self.key).cloned();
+            let Some(mb) = found else {
+                if self.node.inboxes[usize::from(self.shard)].is_closed() {
+                    return Poll::Ready(Err(node_gone()));
+                }
+                let mb = Arc::new(Mailbox::new(self.key, 0));
+                mb.wait_attached(cx);
+                self.node.push(shard, Cmd::Attach(mb));
+                return Poll::Pending;
+            };
+            if mb.enter() {
+                break mb;
+            }
+            // The shard is detaching it this very moment and removes it next.
+            std::thread::yield_now();
+        };
+        let r = op(&mb, cx);
+        mb.exit();
+        if r.is_pending() && self.node.inboxes[usize::from(self.shard)].is_closed() {
+            return Poll::Ready(Err(node_gone()));
+        }
+        r
     }
 
-    /// Hands bytes to the stream; the reply says how many were taken (all of them,
-    /// once the stream had room for them).
-    pub fn write(&self, data: Bytes) -> Rx<usize> {
-        let (reply, rx) = oneshot::channel();
-        self.push(Cmd::Write {
-            key: self.key,
-            data,
-            reply,
-        });
-        rx
+    fn notify(&self, mb: &Arc<Mailbox>) {
+        mb.notify(&self.node, u32::from(self.shard));
     }
 
-    /// Half-closes our direction once queued data is out.
-    pub fn shutdown_write(&self) -> Rx<()> {
-        let (reply, rx) = oneshot::channel();
-        self.push(Cmd::ShutdownWrite {
-            key: self.key,
-            reply,
-        });
-        rx
+    /// Copies bytes that arrived into `buf`; `Ok(0)` means end of stream. Bytes already
+    /// here are taken without asking the shard.
+    pub fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.with_mailbox(cx, |mb, cx| {
+            let mut report = false;
+            let r = mb.poll_read(cx, buf, &mut report);
+            if report || mb.state() & mailbox::ATTACHED == 0 {
+                self.notify(mb);
+            }
+            r
+        })
+    }
+
+    /// Takes up to `max` bytes as the chunks they arrived in (no copy); empty means end
+    /// of stream.
+    pub fn poll_read_chunks(&self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Chunks>> {
+        self.with_mailbox(cx, |mb, cx| {
+            let mut report = false;
+            let r = mb.poll_read_chunks(cx, max, &mut report);
+            if report {
+                self.notify(mb);
+            }
+            r
+        })
+    }
+
+    /// Copies up to [`MAX_WRITE`] bytes of `buf` into the stream; returns how many.
+    /// Returns at once while fewer than [`MAX_STAGED`] bytes wait for the peer's
+    /// credit; `Pending` (nothing taken) beyond.
+    pub fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.with_mailbox(cx, |mb, cx| {
+            let r = mb.poll_write_with(cx, buf.len(), |n| Bytes::copy_from_slice(&buf[..n]));
+            if matches!(r, Poll::Ready(Ok(_))) {
+                self.notify(mb);
+            }
+            r
+        })
+    }
+
+    /// [`StreamRef::poll_write`] without a copy: takes bytes off the front of `data`.
+    pub fn poll_write_bytes(
+        &self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.with_mailbox(cx, |mb, cx| {
+            let r = mb.poll_write_with(cx, data.len(), |n| data.split_to(n));
+            if matches!(r, Poll::Ready(Ok(_))) {
+                self.notify(mb);
+            }
+            r
+        })
+    }
+
+    /// Ready once everything written was taken by the stream (within the peer's
+    /// window); like TCP, not a delivery receipt.
+    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.with_mailbox(cx, |mb, cx| mb.poll_flush(cx))
+    }
+
+    /// Half-closes our direction: the FIN goes after the bytes written so far. Never
+    /// waits (like `TcpStream::shutdown(Write)`).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        let found = self.node.mail[usize::from(self.shard)]
+            .pin()
+            .get(&self.key)
+            .cloned();
+        if let Some(mb) = found {
+            if mb.enter() {
+                let r = mb.shutdown();
+                self.notify(&mb);
+                mb.exit();
+                return r;
+            }
+        }
+        // No mailbox: nothing is staged, the shard finishes the stream directly (or
+        // through a mailbox attached meanwhile, after its bytes).
+        self.push(Cmd::ShutdownWrite(self.key));
+        Ok(())
     }
 
     /// Aborts the stream with `code` (RESET goes ahead of queued data).

@@ -14,6 +14,8 @@ pub(crate) struct Inbox<T> {
     queue: SegQueue<T>,
     waker: AtomicWaker,
     idle: AtomicBool,
+    /// The shard stopped: nothing pushed from now on will be looked at.
+    closed: AtomicBool,
 }
 
 impl<T> Inbox<T> {
@@ -22,7 +24,28 @@ impl<T> Inbox<T> {
             queue: SegQueue::new(),
             waker: AtomicWaker::new(),
             idle: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// The shard stops taking commands. A producer that pushes and then sees
+    /// [`Inbox::is_closed`] knows its command may never be handled; the shard closes
+    /// first and drains last, so every command is either drained or seen as too late.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Takes whatever is queued (after [`Inbox::close`]).
+    pub(crate) fn drain_all(&self) -> Vec<T> {
+        let mut out = Vec::new();
+        while let Some(c) = self.queue.pop() {
+            out.push(c);
+        }
+        out
     }
 
     /// Queues a command and wakes the shard if it sleeps.

@@ -29,6 +29,7 @@ mod handle;
 mod inbox;
 pub(crate) mod io;
 mod listeners;
+mod mailbox;
 mod plane;
 mod relay;
 pub(crate) mod routing;
@@ -42,7 +43,7 @@ mod watch;
 pub use self::core::{LinkInfo, NodeCore, NodeStats};
 pub use config::{Limits, NodeConfig, Role};
 pub use errors::{node_gone, StreamReset};
-pub use handle::{Chunks, Incoming, ListenerRef, Rx, StreamRef};
+pub use handle::{Chunks, Incoming, ListenerRef, Rx, StreamRef, MAX_STAGED, MAX_WRITE};
 #[doc(hidden)]
 pub use plane::fuzzing;
 pub use shard::local::{LocalDialed, LocalListener, LocalShard, LocalStream};
@@ -89,20 +90,15 @@ pub(crate) enum Cmd {
         req: dial::DialReq,
         reply: Reply<StreamRef>,
     },
-    Read {
-        key: StreamKey,
-        max: usize,
-        reply: Reply<Chunks>,
-    },
-    Write {
-        key: StreamKey,
-        data: Bytes,
-        reply: Reply<usize>,
-    },
-    ShutdownWrite {
-        key: StreamKey,
-        reply: Reply<()>,
-    },
+    /// A handle staged bytes, consumed some, or half-closed: look at its mailbox.
+    Mail(Arc<mailbox::Mailbox>),
+    /// Look at a mailbox again (the shard found it locked by a user thread).
+    Service(Arc<mailbox::Mailbox>),
+    /// A handle found no mailbox for a stream: attach this one (or wake it, if the
+    /// shard attached another meanwhile).
+    Attach(Arc<mailbox::Mailbox>),
+    /// Half-close a stream that has no mailbox.
+    ShutdownWrite(StreamKey),
     AddRef(StreamKey),
     Release(StreamKey),
     Stop {
@@ -145,6 +141,10 @@ pub(crate) struct NodeShared {
     pub(crate) id: NodeId,
     pub(crate) cfg: config::NodeConfig,
     pub(crate) inboxes: Vec<Arc<Inbox<Cmd>>>,
+    /// Per shard, the mailboxes of its busy streams. Only the shard inserts and removes
+    /// (papaya's writers may wait for each other during a resize, never its readers);
+    /// handles only read.
+    pub(crate) mail: Vec<papaya::HashMap<StreamKey, Arc<mailbox::Mailbox>>>,
     /// Binds of this node (user threads only).
     pub(crate) registry: Mutex<listeners::Registry>,
     /// Routes and services, as the control task last published them.

@@ -17,6 +17,7 @@ use crate::proto::ErrorCode;
 use crate::types::{Addr, NodeId};
 use futures_channel::oneshot;
 use std::cell::Cell;
+use std::future::poll_fn;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -94,34 +95,30 @@ impl RelayBudget {
 /// the relay holds at most [`RELAY_CHUNK`] per direction beyond the streams' windows.
 async fn pump(from: StreamRef, to: StreamRef, _guard: Rc<RelayGuard>, relayed: Rc<Cell<u64>>) {
     loop {
-        let mut chunks = match from.read(RELAY_CHUNK).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
+        let mut chunks = match poll_fn(|cx| from.poll_read_chunks(cx, RELAY_CHUNK)).await {
+            Ok(c) => c,
+            Err(e) => {
                 to.reset(relay_code(&e));
                 return;
             }
-            Err(_) => return,
         };
         if chunks.is_empty() {
-            let _ = to.shutdown_write().await;
+            let _ = to.shutdown_write();
             return;
         }
-        // Hand every chunk over at once (the shard keeps a stream's writes in order),
-        // then wait for all of them: at most RELAY_CHUNK bytes are in flight.
         relayed.set(relayed.get() + chunks.len() as u64);
-        let mut pending = Vec::new();
-        while let Some(b) = chunks.pop_chunk() {
-            pending.push(to.write(b));
-        }
-        for rx in pending {
-            match rx.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
+        // Hand every chunk over (no copy), then wait until `to` took them all.
+        while let Some(mut b) = chunks.pop_chunk() {
+            while !b.is_empty() {
+                if let Err(e) = poll_fn(|cx| to.poll_write_bytes(cx, &mut b)).await {
                     from.reset(relay_code(&e));
                     return;
                 }
-                Err(_) => return,
             }
+        }
+        if let Err(e) = poll_fn(|cx| to.poll_flush(cx)).await {
+            from.reset(relay_code(&e));
+            return;
         }
     }
 }
@@ -225,7 +222,7 @@ impl Shard {
             let out_key = out.key();
             out.disarm();
             self.totals.borrow_mut().relayed_streams += 1;
-            let moved = self.st_mut().splice(key, out_key, guard);
+            let moved = self.splice(&mut self.st_mut(), key, out_key, guard);
             self.relayed_bytes.set(self.relayed_bytes.get() + moved);
             self.flush();
             return;

@@ -651,8 +651,8 @@ pub fn decode(buf: &mut BytesMut, max_payload: u32) -> Result<Option<Decoded>, F
     }
     let total = HEADER_LEN + h.len as usize;
     if buf.len() < total {
-        // Reserve only what the (already bounded) frame needs.
-        buf.reserve(total - buf.len());
+        // No `reserve` here: the buffer may share its allocation with the room the
+        // next read lands in (`Link::handle_input_buf`), and reserving would copy it.
         return Ok(None);
     }
     let Some(kind) = kind else {

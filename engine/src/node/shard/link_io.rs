@@ -40,7 +40,11 @@ impl LinkSlot {
 
 impl Shard {
     pub(super) async fn run_link(self: Rc<Self>, link: LinkId, mut t: Transport) {
-        let mut rbuf = vec![0u8; HANDSHAKE_RBUF];
+        // Bytes read and not decoded yet (the start of a frame), and right behind them
+        // in the same allocation, zeroed room the next read lands in: frames are
+        // decoded out of it with no copy (`Link::handle_input_buf`).
+        let mut pending = BytesMut::new();
+        let mut room = BytesMut::zeroed(HANDSHAKE_RBUF);
         let mut wbuf = BytesMut::new();
         let mut wpos = 0usize;
         let mut read_open = true;
@@ -55,8 +59,17 @@ impl Shard {
                     if slot.abort_io {
                         return Poll::Ready(());
                     }
-                    if rbuf.len() < RBUF && slot.core.is_open() {
-                        rbuf.resize(RBUF, 0);
+                    let want = if slot.core.is_open() {
+                        RBUF
+                    } else {
+                        HANDSHAKE_RBUF
+                    };
+                    if room.len() < want / 4 {
+                        // A new block; only an incomplete frame's bytes are copied.
+                        let mut b = BytesMut::zeroed(want.max(pending.len() + want / 2));
+                        b[..pending.len()].copy_from_slice(&pending);
+                        pending = b.split_to(pending.len());
+                        room = b;
                     }
                 }
                 // Output: refill from the core when the previous batch is written.
@@ -106,16 +119,18 @@ impl Shard {
                     }
                 };
                 if wants && read_open {
-                    match t.poll_read(cx, &mut rbuf) {
+                    match t.poll_read(cx, &mut room) {
                         Poll::Ready(Ok(0)) => {
                             read_open = false;
                             self.transport_failed(link, "connection closed by peer");
                         }
                         Poll::Ready(Ok(n)) => {
+                            // Adjacent in one allocation: `unsplit` copies nothing.
+                            pending.unsplit(room.split_to(n));
                             let mut st = self.st.borrow_mut();
                             if let Some(slot) = st.links.get_mut(&link) {
                                 slot.verify_silence = false;
-                                let _ = slot.core.handle_input(&rbuf[..n], Instant::now());
+                                let _ = slot.core.handle_input_buf(&mut pending, n, Instant::now());
                             }
                             self.drain_events(&mut st, link);
                             progressed = true;
@@ -232,6 +247,7 @@ impl Shard {
             glommio::timer::sleep(wait).await;
             let now = Instant::now();
             self.link_timers(now, stall_after);
+            self.sweep_mail();
             if let Some(c) = &self.control {
                 c.borrow_mut().handle_timeout(now);
             }

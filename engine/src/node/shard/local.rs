@@ -15,13 +15,14 @@
 use super::super::errors::stream_error;
 use super::super::handle::ListenerRef;
 use super::super::{Cmd, Incoming, StreamKey, StreamRef};
-use super::{streams, Shard};
+use super::{streams, Shard, State};
 use crate::node::control::Msg;
 use crate::node::dial::DialWait;
 use crate::proto::{ErrorCode, Recv};
 use crate::types::{Addr, BindSpec, NodeId, Target};
 use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -167,11 +168,16 @@ impl LocalShard {
         let (key, local, peer) = (s.key(), s.local_addr(), s.peer_addr());
         // The stream's reference now belongs to the LocalStream (released on drop).
         s.disarm();
+        let pending = {
+            let mut st = self.shard.st.borrow_mut();
+            self.shard.take_direct(&mut st, key)
+        };
         LocalDialed::Here(LocalStream {
             shard: self.shard.clone(),
             key,
             local,
             peer,
+            pending,
             wbuf: BytesMut::new(),
         })
     }
@@ -252,6 +258,9 @@ pub struct LocalStream {
     key: StreamKey,
     local: Addr,
     peer: Addr,
+    /// Bytes a mailbox had taken for the stream before this task adopted it: read
+    /// first.
+    pending: VecDeque<Bytes>,
     /// Write staging: bytes are copied here, split off and handed to the core as
     /// `Bytes`; the allocation is reused once the core has sent them.
     wbuf: BytesMut,
@@ -291,12 +300,30 @@ impl LocalStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        let mut got = 0;
+        while got < buf.len() {
+            let Some(mut b) = self.pending.pop_front() else {
+                break;
+            };
+            let n = b.len().min(buf.len() - got);
+            buf[got..got + n].copy_from_slice(&b[..n]);
+            got += n;
+            if n < b.len() {
+                self.pending.push_front(b.split_off(n));
+            }
+        }
+        if got == buf.len() {
+            return Poll::Ready(Ok(got));
+        }
         let mut guard = self.shard.st.borrow_mut();
         let st = &mut *guard;
         let Some(slot) = st.links.get_mut(&self.key.link) else {
-            return Poll::Ready(Err(streams::link_gone(st, self.key.link)));
+            return Poll::Ready(if got > 0 {
+                Ok(got)
+            } else {
+                Err(streams::link_gone(st, self.key.link))
+            });
         };
-        let mut got = 0;
         let r = loop {
             match slot.core.recv(self.key.id, buf.len() - got) {
                 Ok(Recv::Data(b)) => {
@@ -361,9 +388,17 @@ impl LocalStream {
     /// Half-closes our direction: FIN goes after the bytes already written; returns
     /// at once (it does not wait for the peer to read them).
     pub fn shutdown_write(&mut self) -> io::Result<()> {
-        let mut st = self.shard.st.borrow_mut();
-        let r = streams::finish(&mut st, self.key);
-        drop(st);
+        let mut guard = self.shard.st.borrow_mut();
+        let st = &mut *guard;
+        let r = match st.links.get_mut(&self.key.link) {
+            Some(slot) => {
+                let r = slot.core.finish(self.key.id).map_err(stream_error);
+                st.dirty.push(self.key.link);
+                r
+            }
+            None => Err(streams::link_gone(st, self.key.link)),
+        };
+        drop(guard);
         self.shard.flush();
         match r {
             // Already half-closed: like a second `shutdown(Write)` on a socket.
@@ -390,8 +425,13 @@ impl Drop for LocalStream {
             let mut st = self.shard.st.borrow_mut();
             st.local.readers.remove(&self.key);
             st.local.writers.remove(&self.key);
+            st.direct.remove(&self.key);
+            // Queued bytes still go out, then FIN (PROTOCOL.md §5.3).
+            if let Some(slot) = st.links.get_mut(&self.key.link) {
+                slot.core.close(self.key.id);
+                st.dirty.push(self.key.link);
+            }
         }
-        self.shard.release(self.key);
         self.shard.flush();
     }
 }
@@ -431,6 +471,29 @@ pub(crate) type SpawnFn = Box<dyn FnOnce(LocalShard) + Send>;
 impl Shard {
     pub(super) fn spawn_user(self: &Rc<Self>, f: SpawnFn) {
         f(LocalShard::new(self.clone()));
+    }
+
+    /// From now on the shard drives `key` directly (a shard-local task's stream, a
+    /// spliced relay), without a mailbox. Bytes a mailbox already took out of the
+    /// core for it are returned, to be delivered first; they are credited to the
+    /// peer now (at most one window, once).
+    pub(crate) fn take_direct(&self, st: &mut State, key: StreamKey) -> VecDeque<Bytes> {
+        st.direct.insert(key);
+        let Some(mb) = self.detach_mail(st, key) else {
+            return VecDeque::new();
+        };
+        // No handle on the stream exists any more (the only one was just disarmed),
+        // so no user thread can hold this lock: taking it cannot wait.
+        let mut r = crate::node::mailbox::lock(&mb.recv);
+        let q = std::mem::take(&mut r.q);
+        let n = r.consumed + r.bytes;
+        (r.consumed, r.bytes) = (0, 0);
+        drop(r);
+        if let Some(slot) = st.links.get_mut(&key.link) {
+            slot.core.recv_consumed(key.id, n, 0);
+            st.dirty.push(key.link);
+        }
+        q
     }
 }
 

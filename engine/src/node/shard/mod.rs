@@ -29,13 +29,14 @@ use super::dial::DialReq;
 use super::errors::{link_error, stream_error};
 use super::io::Transport;
 use super::listeners::Table;
+use super::mailbox::Mailbox;
 use super::relay::RelayBudget;
 use super::{
-    Chunks, Cmd, Incoming, LinkId, NodeShared, NodeStats, Reply, StreamKey, StreamRef, Transport0,
+    Cmd, Incoming, LinkId, NodeShared, NodeStats, Reply, StreamKey, StreamRef, Transport0,
 };
 use crate::proto::{ErrorCode, Event, Link, LinkError, StreamError};
 use crate::types::{Addr, NodeId};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use hashbrown::HashMap;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -44,7 +45,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
-use streams::{drive_writes, finish, link_gone, try_read};
+use streams::link_gone;
 
 pub(crate) enum LinkKind {
     /// Driven by an IO task; `waker` wakes it when there is output.
@@ -139,14 +140,6 @@ struct NewLink {
     expect: Option<NodeId>,
 }
 
-/// A write the core could not take whole yet (it waits for credit). Its reply goes
-/// out once every byte is taken.
-struct PendingWrite {
-    data: Bytes,
-    taken: usize,
-    reply: Reply<usize>,
-}
-
 struct PendingDial {
     local: Addr,
     peer: Addr,
@@ -156,17 +149,17 @@ struct PendingDial {
 #[derive(Default)]
 pub(crate) struct State {
     links: HashMap<LinkId, LinkSlot>,
-    reads: HashMap<StreamKey, (usize, Reply<Chunks>)>,
-    /// Writes waiting for credit, per stream, oldest first.
-    writes: HashMap<StreamKey, VecDeque<PendingWrite>>,
-    shutdowns: HashMap<StreamKey, Reply<()>>,
+    /// Mailboxes of busy streams (the same as `NodeShared::mail`, which handles read).
+    mail: HashMap<StreamKey, Arc<Mailbox>>,
+    /// Attached mailboxes in the order the idle sweep visits them.
+    mail_order: VecDeque<StreamKey>,
     dials: HashMap<StreamKey, PendingDial>,
     /// Dials waiting for open credit, per link.
     blocked: HashMap<LinkId, VecDeque<(DialReq, Reply<StreamRef>)>>,
     /// Extra handles from `try_clone`.
     refs: HashMap<StreamKey, u32>,
-    /// Streams released by their handles while a write was still pending: closed once
-    /// the write is taken, so data written before a drop is never lost.
+    /// Streams released by their handles while bytes were still staged: closed once
+    /// the core took them, so data written before a drop is never lost.
     closing: hashbrown::HashSet<StreamKey>,
     pub(crate) dirty: Vec<LinkId>,
     stopping: bool,
@@ -177,6 +170,9 @@ pub(crate) struct State {
     local: local::LocalWaiters,
     /// Relayed streams spliced on this shard, per source stream (`splice.rs`).
     splices: HashMap<StreamKey, splice::Splice>,
+    /// Streams the shard drives directly, without a mailbox: those of shard-local
+    /// tasks (`local.rs`) and spliced relays (`splice.rs`).
+    direct: hashbrown::HashSet<StreamKey>,
 }
 
 /// How many dead links' close reasons a shard remembers.
@@ -222,6 +218,8 @@ pub(crate) struct Shard {
     listeners: RefCell<Table>,
     /// The control task's state (shard 0 only).
     control: Option<RefCell<Control>>,
+    /// Wakers taken out of mailboxes, woken once their lock is released.
+    wake_buf: RefCell<Vec<Waker>>,
 }
 
 impl Shard {
@@ -235,6 +233,7 @@ impl Shard {
             st: RefCell::new(State::default()),
             listeners: RefCell::new(Table::default()),
             control,
+            wake_buf: RefCell::default(),
         }
     }
 
@@ -254,38 +253,22 @@ impl Shard {
                 let mut st = self.st.borrow_mut();
                 self.dial(&mut st, req, reply);
             }
-            Cmd::Read { key, max, reply } => {
+            Cmd::Mail(mb) => {
                 let mut st = self.st.borrow_mut();
-                match try_read(&mut st, key, max) {
-                    Some(r) => {
-                        let _ = reply.send(r);
-                        st.dirty.push(key.link);
-                    }
-                    None => {
-                        st.reads.insert(key, (max, reply));
-                    }
-                }
+                self.service(&mut st, &mb);
             }
-            Cmd::Write { key, data, reply } => {
+            Cmd::Service(mb) => {
                 let mut st = self.st.borrow_mut();
-                let pw = PendingWrite {
-                    data,
-                    taken: 0,
-                    reply,
-                };
-                // Behind earlier writes still waiting for credit, in order.
-                st.writes.entry(key).or_default().push_back(pw);
-                drive_writes(&mut st, key);
+                self.service(&mut st, &mb);
+                self.wake_everyone(&mb);
             }
-            Cmd::ShutdownWrite { key, reply } => {
+            Cmd::Attach(mb) => {
                 let mut st = self.st.borrow_mut();
-                // A half-close goes after data still waiting for credit.
-                if st.writes.contains_key(&key) {
-                    st.shutdowns.insert(key, reply);
-                } else {
-                    let r = finish(&mut st, key);
-                    let _ = reply.send(r);
-                }
+                self.on_attach(&mut st, mb);
+            }
+            Cmd::ShutdownWrite(key) => {
+                let mut st = self.st.borrow_mut();
+                self.shutdown_stream(&mut st, key);
             }
             Cmd::AddRef(key) => {
                 *self.st.borrow_mut().refs.entry(key).or_insert(0) += 1;
@@ -456,16 +439,7 @@ impl Shard {
             }
             return;
         }
-        st.reads.remove(&key);
-        if st.writes.contains_key(&key) {
-            st.closing.insert(key);
-            return;
-        }
-        st.shutdowns.remove(&key);
-        if let Some(slot) = st.links.get_mut(&key.link) {
-            slot.core.close(key.id);
-            st.dirty.push(key.link);
-        }
+        self.release_stream(&mut st, key);
     }
 
     fn stop(self: &Rc<Self>, code: ErrorCode, reply: Reply<()>) {
@@ -686,6 +660,10 @@ impl Shard {
                                 Ok(()) => {
                                     let _ = slot.core.accept(id);
                                     self.totals.borrow_mut().streams_opened += 1;
+                                    // The acceptor reads first, often bytes that came
+                                    // with the OPEN: have them waiting in a mailbox.
+                                    let mb = self.attach(st, key);
+                                    self.pump_recv(st, &mb);
                                 }
                                 Err(e) => {
                                     e.into_inner().stream.disarm();
@@ -705,6 +683,8 @@ impl Shard {
                     let key = StreamKey { link, id };
                     if let Some(d) = st.dials.remove(&key) {
                         self.totals.borrow_mut().streams_opened += 1;
+                        // The dialer writes first: its writes need no round trip.
+                        self.attach(st, key);
                         let s = StreamRef::new(self.node.clone(), self.idx, key, d.local, d.peer);
                         // If the dialer gave up (timeout), dropping `s` closes the stream.
                         let _ = d.reply.send(Ok(s));
@@ -717,25 +697,25 @@ impl Shard {
                         self.relayed_bytes.set(self.relayed_bytes.get() + moved);
                         continue;
                     }
-                    st.local.readable(key);
-                    if let Some((max, reply)) = st.reads.remove(&key) {
-                        match try_read(st, key, max) {
-                            Some(r) => {
-                                let _ = reply.send(r);
-                                st.dirty.push(link);
-                            }
-                            None => {
-                                st.reads.insert(key, (max, reply));
-                            }
-                        }
+                    if st.direct.contains(&key) {
+                        // A shard-local task reads this stream from the core itself.
+                        st.local.readable(key);
+                        continue;
                     }
+                    let mb = self.attach(st, key);
+                    self.pump_recv(st, &mb);
                 }
                 Event::Writable(id) => {
                     let key = StreamKey { link, id };
-                    let moved = st.splice_writable(key);
-                    self.relayed_bytes.set(self.relayed_bytes.get() + moved);
-                    st.local.writable(key);
-                    drive_writes(st, key);
+                    if st.direct.contains(&key) {
+                        let moved = st.splice_writable(key);
+                        self.relayed_bytes.set(self.relayed_bytes.get() + moved);
+                        st.local.writable(key);
+                        continue;
+                    }
+                    if let Some(mb) = st.mail.get(&key).cloned() {
+                        self.pump_send(st, &mb);
+                    }
                 }
                 Event::Reset { id, code } => {
                     *self
@@ -744,11 +724,15 @@ impl Shard {
                         .resets_by_code
                         .entry(code.0)
                         .or_default() += 1;
-                    if st.splice_reset(StreamKey { link, id }, code) {
+                    let key = StreamKey { link, id };
+                    if st.splice_reset(key, code) {
                         continue;
                     }
-                    st.local.all(StreamKey { link, id });
-                    streams::on_reset(st, StreamKey { link, id }, code)
+                    if st.direct.contains(&key) {
+                        st.local.all(key);
+                        continue;
+                    }
+                    self.on_reset(st, key, code)
                 }
                 Event::Freed(_) => {}
                 Event::OpenCredit => {
@@ -850,7 +834,7 @@ impl Shard {
             }
             _ => tracing::info!(node = %self.node.id, ?peer, link, reason = %why, "link lost"),
         }
-        streams::fail_link(st, link, &why);
+        self.fail_link(st, link, &why);
         st.local.link_lost(link);
         st.splice_link_lost(link);
         if peer.is_some() {

@@ -20,6 +20,7 @@ use crate::node::relay::RelayGuard;
 use crate::node::StreamKey;
 use crate::proto::{ErrorCode, Recv, StreamError};
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 /// Largest piece moved at once.
@@ -29,7 +30,7 @@ const PIECE: usize = 64 * 1024;
 pub(crate) struct Splice {
     to: StreamKey,
     /// Bytes taken from the source that the destination had no credit for yet.
-    held: Option<Bytes>,
+    held: VecDeque<Bytes>,
     /// The source finished (its FIN went on to the destination).
     done: bool,
     /// The inbound link's allowance, given back when both directions are gone.
@@ -47,25 +48,35 @@ fn code_of(e: &StreamError) -> ErrorCode {
     }
 }
 
-impl State {
+impl super::Shard {
     /// Splices `a` and `b` (both on this shard's links) and moves what is already
     /// queued on either.
-    pub(crate) fn splice(&mut self, a: StreamKey, b: StreamKey, guard: RelayGuard) -> u64 {
+    pub(crate) fn splice(
+        &self,
+        st: &mut State,
+        a: StreamKey,
+        b: StreamKey,
+        guard: RelayGuard,
+    ) -> u64 {
         let guard = Rc::new(guard);
         for (from, to) in [(a, b), (b, a)] {
-            self.splices.insert(
+            // Bytes a mailbox took for the stream before the splice go first.
+            let held = self.take_direct(st, from);
+            st.splices.insert(
                 from,
                 Splice {
                     to,
-                    held: None,
+                    held,
                     done: false,
                     _guard: guard.clone(),
                 },
             );
         }
-        self.splice_pump(a) + self.splice_pump(b)
+        st.splice_pump(a) + st.splice_pump(b)
     }
+}
 
+impl State {
     /// Moves bytes from `from` to its destination as far as data and credit allow;
     /// returns the bytes moved.
     pub(crate) fn splice_pump(&mut self, from: StreamKey) -> u64 {
@@ -75,7 +86,7 @@ impl State {
                 return moved;
             };
             let to = sp.to;
-            if let Some(mut b) = sp.held.take() {
+            if let Some(mut b) = sp.held.pop_front() {
                 let r = match self.links.get_mut(&to.link) {
                     Some(slot) => slot.core.send(to.id, &mut b),
                     None => Err(StreamError::LinkLost(crate::proto::LinkError::Graceful)),
@@ -87,7 +98,7 @@ impl State {
                         if !b.is_empty() {
                             // Out of credit: `Writable(to)` brings us back.
                             if let Some(sp) = self.splices.get_mut(&from) {
-                                sp.held = Some(b);
+                                sp.held.push_front(b);
                             }
                             return moved;
                         }
@@ -97,6 +108,7 @@ impl State {
                         return moved;
                     }
                 }
+                continue;
             }
             let r = match self.links.get_mut(&from.link) {
                 Some(slot) => slot.core.recv(from.id, PIECE),
@@ -107,7 +119,7 @@ impl State {
                     // The source's window reopens by what we took.
                     self.dirty.push(from.link);
                     if let Some(sp) = self.splices.get_mut(&from) {
-                        sp.held = Some(b);
+                        sp.held.push_back(b);
                     }
                 }
                 Ok(Recv::Fin) => {
@@ -150,6 +162,8 @@ impl State {
             return;
         };
         self.splices.remove(&sp.to);
+        self.direct.remove(&key);
+        self.direct.remove(&sp.to);
         if let Some((k, code)) = reset {
             if let Some(slot) = self.links.get_mut(&k.link) {
                 slot.core.reset(k.id, code);

@@ -1,12 +1,24 @@
-//! Stream operations on a shard's state: reads answered from the core's queues,
-//! writes handed to the core within credit, half-close, and failing what waits on a
-//! stream or link that died.
+//! The shard's side of stream mailboxes (`node::mailbox`): received bytes moved out
+//! of the core for readers, staged bytes handed to the core within credit, consumed
+//! bytes reported so credit flows back, half-close, close after the last handle,
+//! failing what waits on a stream or link that died, and detaching idle mailboxes.
+//!
+//! The shard only `try_lock`s a mailbox's sides; when a user thread holds one, the
+//! mailbox is looked at again on the shard's next turn (`Cmd::Service`).
 
-use super::super::errors::{link_error, stream_error};
-use super::super::{Chunks, StreamKey};
-use super::State;
+use super::super::errors::{link_error, node_gone, stream_error};
+use super::super::mailbox::{
+    lock, wake_all, Mailbox, ATTACHED, DETACHED, EOF, FIN_DONE, NOTIFY, RERR, SHUT, TOUCHED, WERR,
+};
+use super::super::{Cmd, StreamKey};
+use super::{Shard, State};
 use crate::proto::{ErrorCode, LinkError, Recv, StreamError};
 use std::io;
+use std::sync::Arc;
+use std::task::Waker;
+
+/// Mailboxes one sweep (one timer tick) looks at, at most.
+const SWEEP_BATCH: usize = 32 * 1024;
 
 /// The error for an operation on a link that is gone: why it died, if we remember.
 pub(super) fn link_gone(st: &State, link: super::LinkId) -> io::Error {
@@ -16,133 +28,376 @@ pub(super) fn link_gone(st: &State, link: super::LinkId) -> io::Error {
     }
 }
 
-/// Takes up to `max` bytes of queued chunks; `None` if nothing is there yet.
-pub(super) fn try_read(st: &mut State, key: StreamKey, max: usize) -> Option<io::Result<Chunks>> {
-    let Some(slot) = st.links.get_mut(&key.link) else {
-        return Some(Err(link_gone(st, key.link)));
-    };
-    let mut out = Chunks::default();
-    let mut got = 0;
-    loop {
-        match slot.core.recv(key.id, max - got) {
-            Ok(Recv::Data(b)) => {
-                got += b.len();
-                out.push(b);
-                if got >= max {
-                    return Some(Ok(out));
-                }
-            }
-            // End of stream is reported on its own, after the data before it.
-            Ok(Recv::Fin) => return Some(Ok(out)),
-            Ok(Recv::WouldBlock) => return (got > 0).then_some(Ok(out)),
-            Err(e) if got == 0 => return Some(Err(stream_error(e))),
-            Err(_) => return Some(Ok(out)),
-        }
+impl Shard {
+    /// A user thread holds one of the mailbox's locks: look again on the next turn.
+    fn retry(&self, mb: &Arc<Mailbox>) {
+        self.node.push(self.idx, Cmd::Service(mb.clone()));
     }
-}
 
-/// Hands queued writes to the core, oldest first, as far as the stream's credit
-/// allows; each is answered once all its bytes are taken. When the queue empties, a
-/// half-close or close waiting behind it goes ahead.
-pub(super) fn drive_writes(st: &mut State, key: StreamKey) {
-    loop {
-        let Some(mut pw) = st.writes.get_mut(&key).and_then(|q| q.pop_front()) else {
-            break;
-        };
-        let Some(slot) = st.links.get_mut(&key.link) else {
-            let _ = pw.reply.send(Err(link_gone(st, key.link)));
-            continue;
-        };
-        match slot.core.send(key.id, &mut pw.data) {
-            Ok(n) => {
-                if n > 0 {
-                    st.dirty.push(key.link);
-                }
-                pw.taken += n;
-                if !pw.data.is_empty() {
-                    // Out of credit: wait for `Writable`.
-                    if let Some(q) = st.writes.get_mut(&key) {
-                        q.push_front(pw);
-                    }
-                    return;
-                }
-                let _ = pw.reply.send(Ok(pw.taken));
-            }
-            Err(e) => {
-                let _ = pw.reply.send(Err(stream_error(e)));
-            }
+    fn is_current(st: &State, mb: &Arc<Mailbox>) -> bool {
+        st.mail.get(&mb.key).is_some_and(|m| Arc::ptr_eq(m, mb))
+    }
+
+    /// The stream's mailbox, attached now if it has none.
+    pub(super) fn attach(&self, st: &mut State, key: StreamKey) -> Arc<Mailbox> {
+        if let Some(mb) = st.mail.get(&key) {
+            return mb.clone();
+        }
+        let mb = Arc::new(Mailbox::new(key, ATTACHED));
+        self.insert_mail(st, mb.clone());
+        mb
+    }
+
+    fn insert_mail(&self, st: &mut State, mb: Arc<Mailbox>) {
+        let key = mb.key;
+        self.node.mail[self.idx as usize]
+            .pin()
+            .insert(key, mb.clone());
+        st.mail.insert(key, mb);
+        st.mail_order.push_back(key);
+    }
+
+    fn detach(&self, st: &mut State, key: StreamKey) {
+        self.detach_mail(st, key);
+    }
+
+    /// Removes the stream's mailbox, if any: handles that look find none.
+    pub(super) fn detach_mail(&self, st: &mut State, key: StreamKey) -> Option<Arc<Mailbox>> {
+        let mb = st.mail.remove(&key)?;
+        mb.set(DETACHED);
+        self.node.mail[self.idx as usize].pin().remove(&key);
+        Some(mb)
+    }
+
+    /// A handle found no mailbox and offers one.
+    pub(super) fn on_attach(&self, st: &mut State, mb: Arc<Mailbox>) {
+        if st.mail.contains_key(&mb.key) {
+            // Attached meanwhile: the handle looks it up again once woken.
+            mb.set(DETACHED);
+        } else {
+            mb.set(ATTACHED);
+            self.insert_mail(st, mb.clone());
+            self.service(st, &mb);
+        }
+        self.wake_everyone(&mb);
+    }
+
+    /// Moves a mailbox's wakers aside (the mailbox keeps its `Vec`'s capacity, so
+    /// waiting allocates nothing in steady state); [`Shard::wake_collected`] wakes them
+    /// once the lock is released.
+    fn collect_wakers(&self, v: &mut Vec<Waker>) {
+        self.wake_buf.borrow_mut().append(v);
+    }
+
+    fn wake_collected(&self) {
+        // No borrow is held while waking.
+        while let Some(w) = self.wake_buf.borrow_mut().pop() {
+            w.wake();
         }
     }
-    st.writes.remove(&key);
-    if let Some(r) = st.shutdowns.remove(&key) {
-        let res = finish(st, key);
-        let _ = r.send(res);
+
+    /// Wakes whoever waits on `mb`, whatever for (they look again).
+    pub(super) fn wake_everyone(&self, mb: &Arc<Mailbox>) {
+        let (Ok(mut r), Ok(mut w)) = (mb.recv.try_lock(), mb.send.try_lock()) else {
+            return self.retry(mb);
+        };
+        self.collect_wakers(&mut r.wakers);
+        self.collect_wakers(&mut w.wakers);
+        drop((r, w));
+        self.wake_collected();
     }
-    if st.closing.remove(&key) {
+
+    /// Everything a mailbox may ask: staged bytes, consumed bytes, half-close.
+    pub(super) fn service(&self, st: &mut State, mb: &Arc<Mailbox>) {
+        if !Self::is_current(st, mb) {
+            // Detached, or offered by a handle and not taken: only wake its waiters.
+            return self.wake_everyone(mb);
+        }
+        // First, so that what a handle does after our look notifies again.
+        mb.clear(NOTIFY);
+        self.pump_send(st, mb);
+        if Self::is_current(st, mb) {
+            self.pump_recv(st, mb);
+        }
+    }
+
+    /// Moves received bytes from the core into the mailbox (they stay unconsumed for
+    /// flow control until a reader takes them) and reports what readers consumed.
+    pub(super) fn pump_recv(&self, st: &mut State, mb: &Arc<Mailbox>) {
+        let key = mb.key;
+        let Ok(mut r) = mb.recv.try_lock() else {
+            return self.retry(mb);
+        };
+        let closing = st.closing.contains(&key);
+        if !st.links.contains_key(&key.link) {
+            mb.fail(link_gone(st, key.link), RERR | WERR);
+        } else if let Some(slot) = st.links.get_mut(&key.link) {
+            if r.consumed > 0 {
+                slot.core.recv_consumed(key.id, r.consumed, r.bytes);
+                r.consumed = 0;
+                st.dirty.push(key.link);
+            }
+            // A released stream's bytes stay in the core, which discards them at close.
+            loop {
+                if closing {
+                    break;
+                }
+                match slot.core.recv_take(key.id, usize::MAX) {
+                    Ok(Recv::Data(b)) => {
+                        r.bytes += b.len();
+                        r.q.push_back(b);
+                    }
+                    Ok(Recv::Fin) => {
+                        mb.set(EOF);
+                        break;
+                    }
+                    Ok(Recv::WouldBlock) => break,
+                    Err(e) => {
+                        mb.fail(stream_error(e), RERR);
+                        break;
+                    }
+                }
+            }
+            r.due = slot.core.credit_due(key.id, r.bytes);
+        }
+        // One wake per empty→non-empty transition: readers register only when they
+        // found nothing, and their wakers are taken here.
+        if !r.wakers.is_empty() && (r.bytes > 0 || mb.state() & (EOF | RERR) != 0) {
+            self.collect_wakers(&mut r.wakers);
+        }
+        drop(r);
+        self.wake_collected();
+    }
+
+    /// Hands staged bytes to the core as far as the stream's credit allows, then the
+    /// FIN if the writer half-closed, then closes a released stream once drained.
+    pub(super) fn pump_send(&self, st: &mut State, mb: &Arc<Mailbox>) {
+        let key = mb.key;
+        let Ok(mut w) = mb.send.try_lock() else {
+            return self.retry(mb);
+        };
+        let s = mb.state();
+        let mut took = 0usize;
+        let mut failed = None;
+        if !st.links.contains_key(&key.link) {
+            failed = Some(link_gone(st, key.link));
+        } else if let Some(slot) = st.links.get_mut(&key.link) {
+            while let Some(front) = w.q.front_mut() {
+                match slot.core.send(key.id, front) {
+                    Ok(n) => {
+                        took += n;
+                        if !front.is_empty() {
+                            // Out of credit: the core reports `Writable` later.
+                            break;
+                        }
+                        w.q.pop_front();
+                    }
+                    Err(e) => {
+                        failed = Some(stream_error(e));
+                        break;
+                    }
+                }
+            }
+            if failed.is_none() && w.q.is_empty() && s & SHUT != 0 && s & FIN_DONE == 0 {
+                mb.set(FIN_DONE);
+                if let Err(e) = slot.core.finish(key.id) {
+                    failed = Some(stream_error(e));
+                }
+                st.dirty.push(key.link);
+            }
+            if took > 0 {
+                st.dirty.push(key.link);
+            }
+        }
+        w.bytes -= took;
+        let failed_now = failed.is_some();
+        if let Some(e) = failed {
+            // Staged bytes die with the stream; writers and flushes see the error.
+            mb.fail(e, WERR);
+            w.q.clear();
+            w.bytes = 0;
+        }
+        if took > 0 || failed_now {
+            self.collect_wakers(&mut w.wakers);
+        }
+        let drained = w.q.is_empty();
+        drop(w);
+        self.wake_collected();
+        if drained && st.closing.contains(&key) {
+            self.close_now(st, mb);
+        }
+    }
+
+    /// The last handle is gone and its staged bytes are in the core: close the
+    /// stream (FIN after them); bytes nobody read are discarded.
+    fn close_now(&self, st: &mut State, mb: &Arc<Mailbox>) {
+        let key = mb.key;
+        let Ok(mut r) = mb.recv.try_lock() else {
+            return self.retry(mb);
+        };
+        let (consumed, unread) = (r.consumed, r.bytes);
+        r.q.clear();
+        r.bytes = 0;
+        r.consumed = 0;
+        drop(r);
+        st.closing.remove(&key);
+        self.detach(st, key);
+        if let Some(slot) = st.links.get_mut(&key.link) {
+            slot.core.recv_consumed(key.id, consumed, unread);
+            slot.core.close_discarding(key.id, unread);
+            st.dirty.push(key.link);
+        }
+    }
+
+    /// The last handle of a stream was dropped.
+    pub(super) fn release_stream(&self, st: &mut State, key: StreamKey) {
+        if let Some(mb) = st.mail.get(&key).cloned() {
+            // Staged bytes go out first; `pump_send` closes once they are in the core.
+            st.closing.insert(key);
+            self.pump_send(st, &mb);
+            return;
+        }
         if let Some(slot) = st.links.get_mut(&key.link) {
             slot.core.close(key.id);
             st.dirty.push(key.link);
         }
     }
+
+    /// A half-close from a handle that found no mailbox.
+    pub(super) fn shutdown_stream(&self, st: &mut State, key: StreamKey) {
+        if let Some(mb) = st.mail.get(&key).cloned() {
+            mb.set(SHUT);
+            return self.pump_send(st, &mb);
+        }
+        if let Some(slot) = st.links.get_mut(&key.link) {
+            let _ = slot.core.finish(key.id);
+            st.dirty.push(key.link);
+        }
+    }
+
+    /// The peer (or our core, for a violation) reset a stream: writes fail, data the
+    /// peer finished sending stays readable.
+    pub(super) fn on_reset(&self, st: &mut State, key: StreamKey, code: ErrorCode) {
+        let err = || stream_error(StreamError::Reset(code));
+        if let Some(d) = st.dials.remove(&key) {
+            let _ = d.reply.send(Err(err()));
+            // The dial failed: nobody holds a handle, free the state.
+            if let Some(slot) = st.links.get_mut(&key.link) {
+                slot.core.close(key.id);
+            }
+        }
+        if let Some(mb) = st.mail.get(&key).cloned() {
+            mb.fail(err(), WERR);
+            self.pump_send(st, &mb);
+            if Self::is_current(st, &mb) {
+                self.pump_recv(st, &mb);
+            }
+            self.wake_everyone(&mb);
+        }
+    }
+
+    /// Fails everything pending on a dead link.
+    pub(super) fn fail_link(&self, st: &mut State, link: super::LinkId, why: &LinkError) {
+        let on = |k: &StreamKey| k.link == link;
+        let mbs: Vec<Arc<Mailbox>> = st
+            .mail
+            .iter()
+            .filter(|(k, _)| on(k))
+            .map(|(_, m)| m.clone())
+            .collect();
+        for mb in mbs {
+            mb.fail(link_error(why), RERR | WERR);
+            self.pump_send(st, &mb);
+            if Self::is_current(st, &mb) {
+                self.pump_recv(st, &mb);
+            }
+            self.wake_everyone(&mb);
+        }
+        for (_, d) in st.dials.extract_if(|k, _| on(k)) {
+            let _ = d.reply.send(Err(link_error(why)));
+        }
+        for (_, reply) in st.blocked.remove(&link).into_iter().flatten() {
+            let _ = reply.send(Err(link_error(why)));
+        }
+        st.refs.retain(|k, _| !on(k));
+        st.closing.retain(|k| !on(k));
+    }
+
+    /// Detaches mailboxes that stayed idle since the last sweep (nothing queued, nobody
+    /// inside or waiting), so idle streams hold none. Bounded work per call.
+    pub(crate) fn sweep_mail(&self) {
+        let mut st = self.st.borrow_mut();
+        let n = st.mail_order.len().min(SWEEP_BATCH);
+        for _ in 0..n {
+            let Some(key) = st.mail_order.pop_front() else {
+                break;
+            };
+            let Some(mb) = st.mail.get(&key).cloned() else {
+                continue;
+            };
+            let s = mb.state();
+            if st.closing.contains(&key) || s & TOUCHED != 0 {
+                mb.clear(TOUCHED);
+                st.mail_order.push_back(key);
+                continue;
+            }
+            match idle(&mb, s) {
+                Idle::Yes if mb.try_detach(s) => self.detach(&mut st, key),
+                Idle::Report => {
+                    // Consumed bytes below the credit threshold: report them now.
+                    self.service(&mut st, &mb);
+                    st.mail_order.push_back(key);
+                }
+                _ => st.mail_order.push_back(key),
+            }
+        }
+    }
+
+    /// The shard stops: every mailbox (and every one a handle still offers) fails, so
+    /// nobody waits for a shard that is gone.
+    pub(crate) fn fail_all_mail(&self) {
+        let inbox = &self.node.inboxes[self.idx as usize];
+        inbox.close();
+        let mut mbs: Vec<Arc<Mailbox>> =
+            self.st.borrow_mut().mail.drain().map(|(_, m)| m).collect();
+        for c in inbox.drain_all() {
+            if let Cmd::Mail(m) | Cmd::Service(m) | Cmd::Attach(m) = c {
+                mbs.push(m);
+            }
+        }
+        self.node.mail[self.idx as usize].pin().clear();
+        for mb in mbs {
+            mb.fail(node_gone(), RERR | WERR);
+            mb.set(DETACHED);
+            // Nothing else runs on this shard any more: waiting for a user thread's
+            // few-instruction critical section is harmless here.
+            let a = std::mem::take(&mut lock(&mb.recv).wakers);
+            let b = std::mem::take(&mut lock(&mb.send).wakers);
+            wake_all(a);
+            wake_all(b);
+        }
+    }
 }
 
-pub(super) fn finish(st: &mut State, key: StreamKey) -> io::Result<()> {
-    let Some(slot) = st.links.get_mut(&key.link) else {
-        return Err(link_gone(st, key.link));
+enum Idle {
+    Yes,
+    No,
+    /// Idle but for consumed bytes not reported yet.
+    Report,
+}
+
+fn idle(mb: &Mailbox, s: u32) -> Idle {
+    if s & SHUT != 0 && s & FIN_DONE == 0 {
+        return Idle::No;
+    }
+    let (Ok(r), Ok(w)) = (mb.recv.try_lock(), mb.send.try_lock()) else {
+        return Idle::No;
     };
-    let r = slot.core.finish(key.id).map_err(stream_error);
-    st.dirty.push(key.link);
-    r
-}
-
-/// The peer (or our core, for a violation) reset a stream: everything waiting on it
-/// fails, data the peer finished sending stays readable.
-pub(super) fn on_reset(st: &mut State, key: StreamKey, code: ErrorCode) {
-    let err = || stream_error(StreamError::Reset(code));
-    if let Some(d) = st.dials.remove(&key) {
-        let _ = d.reply.send(Err(err()));
-        // The dial failed: nobody holds a handle, free the state.
-        if let Some(slot) = st.links.get_mut(&key.link) {
-            slot.core.close(key.id);
-        }
+    if !r.q.is_empty() || !r.wakers.is_empty() || !w.q.is_empty() || !w.wakers.is_empty() {
+        return Idle::No;
     }
-    if let Some((max, reply)) = st.reads.remove(&key) {
-        let r = try_read(st, key, max).unwrap_or_else(|| Err(err()));
-        let _ = reply.send(r);
+    if r.consumed > 0 {
+        return Idle::Report;
     }
-    for pw in st.writes.remove(&key).unwrap_or_default() {
-        let _ = pw.reply.send(Err(err()));
-    }
-    if let Some(r) = st.shutdowns.remove(&key) {
-        let _ = r.send(Err(err()));
-    }
-    if st.closing.remove(&key) {
-        if let Some(slot) = st.links.get_mut(&key.link) {
-            slot.core.close(key.id);
-        }
-    }
-}
-
-/// Fails every pending operation on a dead link.
-pub(super) fn fail_link(st: &mut State, link: super::LinkId, why: &LinkError) {
-    let on = |k: &StreamKey| k.link == link;
-    for (_, (_, r)) in st.reads.extract_if(|k, _| on(k)) {
-        let _ = r.send(Err(link_error(why)));
-    }
-    for (_, q) in st.writes.extract_if(|k, _| on(k)) {
-        for pw in q {
-            let _ = pw.reply.send(Err(link_error(why)));
-        }
-    }
-    for (_, r) in st.shutdowns.extract_if(|k, _| on(k)) {
-        let _ = r.send(Err(link_error(why)));
-    }
-    for (_, d) in st.dials.extract_if(|k, _| on(k)) {
-        let _ = d.reply.send(Err(link_error(why)));
-    }
-    for (_, reply) in st.blocked.remove(&link).into_iter().flatten() {
-        let _ = reply.send(Err(link_error(why)));
-    }
-    st.refs.retain(|k, _| !on(k));
-    st.closing.retain(|k| !on(k));
+    Idle::Yes
 }

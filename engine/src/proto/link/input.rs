@@ -8,7 +8,7 @@ use crate::proto::frame::{
     MIN_MAX_FRAME_SIZE, PREAMBLE, VERSION,
 };
 use crate::proto::stream::*;
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use std::time::{Duration, Instant};
 
 impl Link {
@@ -18,14 +18,48 @@ impl Link {
         if self.phase == Phase::Closed {
             return Err(self.closed.clone().unwrap_or(LinkError::Graceful));
         }
+        self.note_input(data.len(), now);
+        self.rbuf.extend_from_slice(data);
+        self.process_or_fail()
+    }
+
+    /// [`Link::handle_input`] without copying: decodes frames straight out of `buf`,
+    /// whose last `fresh` bytes were just read; large payloads are split off it as
+    /// `Bytes` (no copy), and an incomplete frame's bytes stay at its front for the
+    /// caller to append the next read to.
+    pub fn handle_input_buf(
+        &mut self,
+        buf: &mut BytesMut,
+        fresh: usize,
+        now: Instant,
+    ) -> Result<(), LinkError> {
+        if self.phase == Phase::Closed {
+            return Err(self.closed.clone().unwrap_or(LinkError::Graceful));
+        }
+        self.note_input(fresh, now);
+        if !self.rbuf.is_empty() {
+            // Bytes left over from `handle_input` come first.
+            self.rbuf.extend_from_slice(buf);
+            buf.clear();
+            return self.process_or_fail();
+        }
+        std::mem::swap(&mut self.rbuf, buf);
+        let r = self.process_or_fail();
+        std::mem::swap(&mut self.rbuf, buf);
+        r
+    }
+
+    fn note_input(&mut self, n: usize, now: Instant) {
         self.now = self.now.max(now);
-        if !data.is_empty() {
+        if n > 0 {
             // Any byte counts as liveness.
             self.last_recv = now;
             self.ping_sent_at = None;
         }
-        self.counters.bytes_in += data.len() as u64;
-        self.rbuf.extend_from_slice(data);
+        self.counters.bytes_in += n as u64;
+    }
+
+    fn process_or_fail(&mut self) -> Result<(), LinkError> {
         match self.process_input() {
             Ok(()) => Ok(()),
             Err(e) => {

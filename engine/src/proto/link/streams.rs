@@ -163,8 +163,21 @@ impl Link {
         Ok(())
     }
 
-    /// Reads up to `max` bytes.
+    /// Reads up to `max` bytes; they count as consumed at once (credit goes back to the
+    /// peer as the window policy says).
     pub fn recv(&mut self, id: StreamId, max: usize) -> Result<Recv, StreamError> {
+        let r = self.recv_take(id, max)?;
+        if let Recv::Data(b) = &r {
+            self.recv_consumed(id, b.len(), 0);
+        }
+        Ok(r)
+    }
+
+    /// Takes up to `max` received bytes out of the stream's queue without counting them
+    /// as consumed: the caller holds them (a handle's mailbox) and reports them with
+    /// [`Link::recv_consumed`] once the application has read them, so the peer's credit
+    /// still follows what the application consumed, not what left this queue.
+    pub fn recv_take(&mut self, id: StreamId, max: usize) -> Result<Recv, StreamError> {
         if self.phase == Phase::Closed {
             return Err(StreamError::LinkLost(
                 self.closed.clone().unwrap_or(LinkError::Graceful),
@@ -176,13 +189,9 @@ impl Link {
         }
         match pop_recv(&mut self.bufs, id, max) {
             Some(b) => {
-                if !s.is_reset() {
-                    s.recv_unacked += b.len() as u32;
-                }
                 if rlen(&self.bufs, id) == 0 {
                     s.clear(READ_NOTIFIED);
                 }
-                self.maybe_send_window(id);
                 Ok(Recv::Data(b))
             }
             None if s.has(FIN_RECV) => {
@@ -194,6 +203,34 @@ impl Link {
                 Ok(Recv::WouldBlock)
             }
         }
+    }
+
+    /// The application consumed `n` bytes taken with [`Link::recv_take`]; `held` bytes
+    /// taken are still unread. Credit goes back once enough was consumed.
+    pub fn recv_consumed(&mut self, id: StreamId, n: usize, held: usize) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if !s.is_reset() {
+            s.recv_unacked = s.recv_unacked.saturating_add(n as u32);
+        }
+        self.maybe_send_window(id, held);
+    }
+
+    /// How many more bytes the application must consume before credit goes back to
+    /// the peer, with `held` bytes taken and unread (at least 1). A reader reports its
+    /// consumption once it passes this, so credit flows with one report per quarter
+    /// window or so instead of one per read.
+    pub fn credit_due(&self, id: StreamId, held: usize) -> usize {
+        self.streams.get(&id).map_or(usize::MAX, |s| {
+            let buffered = rlen(&self.bufs, id) + held;
+            let at = if buffered > 0 {
+                s.recv_window / 4 * 3
+            } else {
+                s.recv_window / 2
+            };
+            (at.saturating_sub(s.recv_unacked) as usize).max(1)
+        })
     }
 
     /// Bytes buffered for reading on a stream.
@@ -210,6 +247,13 @@ impl Link {
     /// data that arrives afterwards is discarded and answered with RESET(CANCELLED).
     /// The state is freed once both directions are finished.
     pub fn close(&mut self, id: StreamId) {
+        self.close_discarding(id, 0);
+    }
+
+    /// [`Link::close`] for a stream whose application also drops `unread` bytes it had
+    /// taken with [`Link::recv_take`] (and `consumed` it read but had not reported):
+    /// they count as consumed and discarded.
+    pub fn close_discarding(&mut self, id: StreamId, unread: usize) {
         if self.phase == Phase::Closed {
             self.streams.remove(&id);
             self.bufs.remove(&id);
@@ -219,7 +263,7 @@ impl Link {
             return;
         };
         s.set(APP_CLOSED);
-        let unread = rlen(&self.bufs, id);
+        let unread = rlen(&self.bufs, id) + unread;
         if unread > 0 {
             s.set(DISCARDED);
             s.recv_unacked += unread as u32;
@@ -233,7 +277,7 @@ impl Link {
             }
         }
         // Keep the peer's writer moving until our FIN is out.
-        self.maybe_send_window(id);
+        self.maybe_send_window(id, 0);
         self.maybe_free(id);
     }
 
@@ -280,11 +324,13 @@ impl Link {
 
     /// Sends credit back once half the window was consumed, growing the window of
     /// streams whose reader keeps up (auto-tuning), within the link budget.
-    fn maybe_send_window(&mut self, id: StreamId) {
+    /// `held`: bytes taken out with [`Link::recv_take`] and not yet read.
+    fn maybe_send_window(&mut self, id: StreamId, held: usize) {
         let max = self.cfg.max_window;
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
+        let buffered = rlen(&self.bufs, id) + held;
         if s.remote_done() || s.recv_unacked == 0 {
             return;
         }
@@ -296,14 +342,14 @@ impl Link {
         // up, or once three quarters are consumed whatever is still buffered. Waiting
         // for the reader to drain lets the growth check below see whether it keeps up.
         if s.recv_unacked < s.recv_window / 2
-            || (rlen(&self.bufs, id) > 0 && s.recv_unacked < s.recv_window / 4 * 3)
+            || (buffered > 0 && s.recv_unacked < s.recv_window / 4 * 3)
         {
             return;
         }
         let mut inc = s.recv_unacked;
         // The sender ran (nearly) dry while the reader drained everything: the window is
         // what limits this stream, so grow it.
-        if rlen(&self.bufs, id) <= (s.recv_window / 4) as usize && s.recv_window < max {
+        if buffered <= (s.recv_window / 4) as usize && s.recv_window < max {
             let want = (u64::from(s.recv_window) * 2).min(u64::from(max));
             let extra = (want - u64::from(s.recv_window))
                 .min(self.cfg.recv_budget.saturating_sub(self.budget_used));

@@ -1,0 +1,337 @@
+//! A busy stream's mailbox: what its handles and its shard share, so that a read of
+//! bytes already here and a write within the stream's room need no round trip.
+//!
+//! Who owns what:
+//! - The shard owns the stream: its sans-IO core state, the peer's credit, frames. The
+//!   mailbox is a staging area beside it: bytes the shard took out of the core for
+//!   readers ([`Link::recv_take`](crate::proto::Link::recv_take); they count as
+//!   consumed only once a reader took them, so flow control stays exact), bytes writers
+//!   staged for the shard to hand to the core within credit, and who waits for what.
+//! - Each direction is one `Mutex`. User threads lock it for a push or pop of a
+//!   `Bytes` (never a copy, never a wait). The shard only ever `try_lock`s it: when a
+//!   user thread holds it, the shard does not wait but services the mailbox again on
+//!   its next turn (`Cmd::Service`). So a shard never blocks on a lock a user thread
+//!   holds, and the critical sections are a few dozen instructions, which a lock-free
+//!   queue would not beat (and crossbeam's cost 256 B of padding and a block
+//!   allocation per 31 items).
+//! - A state word (atomic) holds what is read without a lock: how many handle calls
+//!   are inside ([`Mailbox::enter`]), whether the shard was already told to look
+//!   (`NOTIFY`: one notification per burst of writes or reads), whether the mailbox
+//!   is detached, and the stream's ends (EOF, errors, half-close).
+//! - A reader is woken once per empty→non-empty transition: it registers its waker
+//!   only when it found nothing, and the shard takes the wakers when it adds bytes.
+//! - Mailboxes exist only while a stream is busy: the shard detaches one that stayed
+//!   idle for a sweep (nothing queued, nobody inside or waiting), so a million idle
+//!   streams hold none. Handles find the mailbox in the shard's lock-free map
+//!   (`papaya`; only the shard writes it, so no writer ever waits on a user thread, and
+//!   readers never block).
+
+use super::errors::node_gone;
+use super::{Cmd, NodeShared, StreamKey};
+use crate::proto::BufQueue;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+/// Bytes writers may stage in a mailbox beyond what the stream's core took (within
+/// the peer's credit) before a write waits.
+pub const MAX_STAGED: usize = 1024 * 1024;
+/// The most bytes one write call takes.
+pub const MAX_WRITE: usize = 256 * 1024;
+
+const USERS: u32 = 0xffff;
+/// The shard removed the mailbox from its map: nobody may enter any more.
+pub(crate) const DETACHED: u32 = 1 << 16;
+/// A `Cmd::Mail` for this mailbox is queued at the shard.
+pub(crate) const NOTIFY: u32 = 1 << 17;
+/// A handle was inside since the shard's last sweep.
+pub(crate) const TOUCHED: u32 = 1 << 18;
+/// The writer half-closed: FIN goes after the staged bytes.
+pub(crate) const SHUT: u32 = 1 << 19;
+/// Every byte the peer sent is in the queue: then end of stream.
+pub(crate) const EOF: u32 = 1 << 20;
+/// Reads fail (after the queued bytes) with `err`.
+pub(crate) const RERR: u32 = 1 << 21;
+/// Writes fail with `err`.
+pub(crate) const WERR: u32 = 1 << 22;
+/// The shard knows this mailbox (it is in the shard's map).
+pub(crate) const ATTACHED: u32 = 1 << 23;
+/// The shard handed the FIN to the core.
+pub(crate) const FIN_DONE: u32 = 1 << 24;
+
+/// Received bytes waiting for readers.
+#[derive(Default)]
+pub(crate) struct RecvSide {
+    pub(crate) q: VecDeque<Bytes>,
+    pub(crate) bytes: usize,
+    /// Bytes readers took that the shard has not reported to the core yet.
+    pub(crate) consumed: usize,
+    /// Report `consumed` to the shard once it reaches this (the core's next credit).
+    pub(crate) due: usize,
+    pub(crate) wakers: Vec<Waker>,
+}
+
+/// Written bytes waiting for the stream's credit.
+#[derive(Default)]
+pub(crate) struct SendSide {
+    pub(crate) q: VecDeque<Bytes>,
+    pub(crate) bytes: usize,
+    pub(crate) wakers: Vec<Waker>,
+}
+
+/// See the module documentation.
+pub(crate) struct Mailbox {
+    pub(crate) key: StreamKey,
+    state: AtomicU32,
+    pub(crate) recv: Mutex<RecvSide>,
+    pub(crate) send: Mutex<SendSide>,
+    /// Why reads or writes fail (`RERR`, `WERR`), set once by the shard.
+    err: OnceLock<io::Error>,
+}
+
+/// Locks a side from a user thread (or a relay pump on the shard, whose streams no
+/// user thread touches). Nothing panics while holding it; a poisoned lock is fine.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn add_waker(v: &mut Vec<Waker>, w: &Waker) {
+    if !v.iter().any(|x| x.will_wake(w)) {
+        v.push(w.clone());
+    }
+}
+
+/// Wakes everything in `v` (taken out under the lock, woken after it).
+pub(crate) fn wake_all(v: Vec<Waker>) {
+    for w in v {
+        w.wake();
+    }
+}
+
+impl Mailbox {
+    pub(crate) fn new(key: StreamKey, state: u32) -> Self {
+        Self {
+            key,
+            state: AtomicU32::new(state),
+            recv: Mutex::default(),
+            send: Mutex::default(),
+            err: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> u32 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set(&self, bits: u32) -> u32 {
+        self.state.fetch_or(bits, Ordering::AcqRel)
+    }
+
+    pub(crate) fn clear(&self, bits: u32) -> u32 {
+        self.state.fetch_and(!bits, Ordering::AcqRel)
+    }
+
+    /// The shard detaches an idle mailbox: succeeds only if the state is still `seen`
+    /// (nobody inside, nothing asked), so no handle can be inside afterwards.
+    pub(crate) fn try_detach(&self, seen: u32) -> bool {
+        seen & (USERS | NOTIFY | DETACHED) == 0
+            && self
+                .state
+                .compare_exchange(seen, seen | DETACHED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// A handle call starts; false if the mailbox was detached (look it up again).
+    pub(crate) fn enter(&self) -> bool {
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s & DETACHED == 0 && s & USERS != USERS).then_some((s + 1) | TOUCHED)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn exit(&self) {
+        self.state.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Records why the stream failed (the first reason wins) and which directions fail.
+    pub(crate) fn fail(&self, e: io::Error, bits: u32) {
+        let _ = self.err.set(e);
+        self.set(bits);
+    }
+
+    pub(crate) fn error(&self) -> io::Error {
+        match self.err.get() {
+            // A reset keeps its code for the reader (`StreamReset`).
+            Some(e) => match super::errors::reset_code(e) {
+                Some(code) => io::Error::new(e.kind(), super::errors::StreamReset(code)),
+                None => io::Error::new(e.kind(), e.to_string()),
+            },
+            None => node_gone(),
+        }
+    }
+
+    /// Tells the shard to look at this mailbox, unless it was told already.
+    pub(crate) fn notify(self: &Arc<Self>, node: &NodeShared, shard: u32) {
+        if self.set(NOTIFY) & NOTIFY == 0 {
+            node.push(shard, Cmd::Mail(self.clone()));
+        }
+    }
+
+    // ------------------------------------------------------------- handle side
+
+    /// Copies queued bytes into `buf`; `Ok(0)` at end of stream. Sets `report` when the
+    /// shard should hear of the consumption (credit is due).
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        report: &mut bool,
+    ) -> Poll<io::Result<usize>> {
+        let mut done = 0;
+        loop {
+            let mut r = lock(&self.recv);
+            let Some(front) = r.q.front_mut() else {
+                if done > 0 {
+                    break;
+                }
+                return self.nothing_to_read(r, cx);
+            };
+            let take = front.len().min(buf.len() - done);
+            let chunk = if take == front.len() {
+                r.q.pop_front().expect("front exists")
+            } else {
+                front.split_to(take)
+            };
+            r.bytes -= take;
+            r.consumed += take;
+            *report |= r.consumed >= r.due;
+            let more = !r.q.is_empty();
+            drop(r);
+            // The copy happens outside the lock, so the shard rarely finds it taken.
+            buf[done..done + take].copy_from_slice(&chunk);
+            done += take;
+            if done == buf.len() || !more {
+                break;
+            }
+        }
+        Poll::Ready(Ok(done))
+    }
+
+    /// Takes up to `max` queued bytes as the chunks they arrived in (no copy); empty at
+    /// end of stream.
+    pub(crate) fn poll_read_chunks(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        report: &mut bool,
+    ) -> Poll<io::Result<BufQueue>> {
+        let mut r = lock(&self.recv);
+        if r.q.is_empty() {
+            return self
+                .nothing_to_read(r, cx)
+                .map(|r| r.map(|_| BufQueue::default()));
+        }
+        let mut out = BufQueue::default();
+        let mut got = 0;
+        while got < max {
+            let Some(front) = r.q.front_mut() else { break };
+            let take = front.len().min(max - got);
+            let chunk = if take == front.len() {
+                r.q.pop_front().expect("front exists")
+            } else {
+                front.split_to(take)
+            };
+            got += take;
+            out.push(chunk);
+        }
+        r.bytes -= got;
+        r.consumed += got;
+        *report = r.consumed >= r.due;
+        Poll::Ready(Ok(out))
+    }
+
+    /// The queue is empty: end of stream, an error, or wait (registered under the lock,
+    /// so bytes the shard adds afterwards wake us).
+    fn nothing_to_read(
+        &self,
+        mut r: MutexGuard<'_, RecvSide>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        let s = self.state();
+        if s & EOF != 0 {
+            return Poll::Ready(Ok(0));
+        }
+        if s & RERR != 0 {
+            return Poll::Ready(Err(self.error()));
+        }
+        add_waker(&mut r.wakers, cx.waker());
+        Poll::Pending
+    }
+
+    /// Stages up to `len` bytes made by `make(n)`; `Pending` (nothing taken) while the
+    /// mailbox is full.
+    pub(crate) fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        len: usize,
+        make: impl FnOnce(usize) -> Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let s = self.state();
+        if s & WERR != 0 {
+            return Poll::Ready(Err(self.error()));
+        }
+        if s & SHUT != 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown_write",
+            )));
+        }
+        let room = {
+            let mut w = lock(&self.send);
+            let room = MAX_STAGED.saturating_sub(w.bytes);
+            if room == 0 {
+                add_waker(&mut w.wakers, cx.waker());
+                return Poll::Pending;
+            }
+            room
+        };
+        let n = len.min(room).min(MAX_WRITE);
+        // The copy (if `make` copies) happens outside the lock.
+        let b = make(n);
+        let mut w = lock(&self.send);
+        w.bytes += n;
+        w.q.push_back(b);
+        Poll::Ready(Ok(n))
+    }
+
+    /// Ready once every staged byte was taken by the stream (within the peer's credit).
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut w = lock(&self.send);
+        if self.state() & WERR != 0 {
+            return Poll::Ready(Err(self.error()));
+        }
+        if w.bytes == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        add_waker(&mut w.wakers, cx.waker());
+        Poll::Pending
+    }
+
+    /// Half-close: the FIN goes after the staged bytes; never waits.
+    pub(crate) fn shutdown(&self) -> io::Result<()> {
+        let s = self.set(SHUT);
+        if s & WERR != 0 {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+
+    /// A handle call waits for the shard to attach this mailbox.
+    pub(crate) fn wait_attached(&self, cx: &mut Context<'_>) {
+        add_waker(&mut lock(&self.recv).wakers, cx.waker());
+    }
+}
