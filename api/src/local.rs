@@ -239,14 +239,17 @@ impl Node {
     /// ```
     /// use futures_util::{AsyncReadExt, AsyncWriteExt};
     /// let node = astranet::Node::builder().shards(1).build()?;
-    /// let server = node.spawn_on(0, |local| async move {
+    /// let (bound, ready) = std::sync::mpsc::channel();
+    /// let server = node.spawn_on(0, move |local| async move {
     ///     let l = local.bind("echo").await?;
+    ///     let _ = bound.send(()); // dial only once the name is bound
     ///     let mut s = l.accept().await?;
     ///     let mut buf = Vec::new();
     ///     s.read_to_end(&mut buf).await?;
     ///     s.write_all(&buf).await?;
     ///     std::io::Result::Ok(s.is_local())
     /// })?;
+    /// ready.recv().unwrap();
     /// let client = node.spawn_on(0, |local| async move {
     ///     let mut s = local.dial("echo").await?;
     ///     s.write_all(b"hi").await?;
