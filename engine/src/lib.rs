@@ -14,6 +14,6 @@ mod types;
 pub use node::{
     block_on_until, node_gone, wait_timeout, Chunks, Incoming, Limits, LinkInfo, ListenerRef,
     NodeConfig, NodeCore, NodeStats, Role, RouteEvent, RouteInfo, Rx, ServiceEvent, ServiceInfo,
-    StreamRef, Wait,
+    StreamRef, TlsConfig, Wait,
 };
 pub use types::{valid_name, Addr, BindSpec, NodeId, ParseError, Target};

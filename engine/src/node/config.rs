@@ -130,6 +130,9 @@ pub struct NodeConfig {
     /// Advertise this node's listen addresses, and join nodes reached only through
     /// relays directly when they advertise theirs (PROTOCOL.md §10.5).
     pub direct_upgrade: bool,
+    /// TLS 1.3 on every link, mutually authenticated (None: plaintext). The node's id
+    /// is then the one its certificate names.
+    pub tls: Option<super::TlsConfig>,
 }
 
 impl Default for NodeConfig {
@@ -145,6 +148,7 @@ impl Default for NodeConfig {
             backlog: 1 << 20,
             join_timeout: Duration::from_secs(10),
             direct_upgrade: true,
+            tls: None,
         }
     }
 }

@@ -16,7 +16,7 @@
 //! `control`, `routing` and `discovery` (pure state machines), `dial`
 //! (resolving a target), `relay`, `listeners`, `upgrade`, `watch`, `view`.
 
-#[allow(dead_code)] // Used by discovery and the TLS identity (issue 10), landing next.
+#[allow(dead_code)] // Implemented by the TLS identity; discovery's signing lands next.
 pub(crate) mod auth;
 mod config;
 pub(crate) mod control;
@@ -32,6 +32,7 @@ mod plane;
 mod relay;
 pub(crate) mod routing;
 mod shard;
+mod tls;
 mod upgrade;
 mod view;
 mod wait;
@@ -43,6 +44,7 @@ pub use errors::node_gone;
 pub use handle::{Chunks, Incoming, ListenerRef, Rx, StreamRef};
 #[doc(hidden)]
 pub use plane::fuzzing;
+pub use tls::{node_name as tls_node_name, TlsConfig, ALPN as TLS_ALPN};
 pub use view::{RouteEvent, RouteInfo, ServiceEvent, ServiceInfo};
 pub use wait_api::*;
 
@@ -156,6 +158,9 @@ pub(crate) struct NodeShared {
     pub(crate) handshaking: AtomicUsize,
     /// Times a peer hit one of our limits.
     pub(crate) limit_hits: AtomicU64,
+    /// What links are secured with (None: plaintext). Swapped whole on reload;
+    /// shards load it lock-free at each handshake.
+    pub(crate) tls: Option<arc_swap::ArcSwap<tls::TlsState>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     listen_sockets: Mutex<Vec<socket2::Socket>>,
 }
@@ -191,6 +196,19 @@ impl NodeShared {
     pub(crate) fn ephemeral_port(&self) -> u32 {
         let p = self.next_port.fetch_add(1, Ordering::Relaxed);
         EPHEMERAL_BASE | (p & (EPHEMERAL_BASE - 1))
+    }
+
+    /// The TLS identity and trust new links use now (None: plaintext node).
+    pub(crate) fn tls_state(&self) -> Option<Arc<tls::TlsState>> {
+        self.tls.as_ref().map(|t| t.load_full())
+    }
+
+    /// This node's identity as discovery's signer and verifier of announcements
+    /// (None on a plaintext node). Reflects the latest reload.
+    #[allow(dead_code)] // Discovery's signed announcements (issue 10 part 4) call this.
+    pub(crate) fn announce_auth(&self) -> Option<Arc<dyn auth::AnnounceAuth>> {
+        self.tls_state()
+            .map(|t| t.auth.clone() as Arc<dyn auth::AnnounceAuth>)
     }
 
     pub(crate) fn is_router(&self) -> bool {
