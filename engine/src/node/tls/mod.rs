@@ -229,7 +229,10 @@ impl TlsConfig {
                     rustls::pki_types::UnixTime::now(),
                     true,
                 )
-                .map_err(|e| bad("node certificate", verify::explain(&e, false)))?;
+                .map_err(|e| {
+                    let why = verify::explain(&e, false).replacen("peer's certificate", "it", 1);
+                    bad("node certificate is refused by its own CA", why)
+                })?;
         }
         let versions = &[&rustls::version::TLS13];
         let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
