@@ -45,6 +45,17 @@
 //! - `cli`: the `astranet` and `astranet-node` binaries.
 //! - `metrics`: [`metrics::record`] / [`metrics::publish`], the node's figures through
 //!   the `metrics` facade.
+//! - `dev-certs`: [`certs`], a development CA and node certificates for TLS links.
+//!
+//! ## Security
+//!
+//! A node built with [`NodeBuilder::tls`] runs TLS 1.3 on every link, mutually
+//! authenticated: its peers must present a certificate its trust accepts (a cluster CA,
+//! or a pinned set), and a peer's node id is the one its certificate names, so no node
+//! can claim an id it has no key for. Without `tls`, links are plaintext and anyone
+//! who reaches a listen port joins the mesh: fine on loopback and in tests only.
+//! README "Security" says what TLS protects and what it does not (relays see relayed
+//! bytes: TLS is hop by hop).
 //!
 //! ## Choosing a handle
 //!
@@ -80,6 +91,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "dev-certs")]
+pub mod certs;
 #[cfg(feature = "tokio")]
 pub mod forward;
 #[cfg(feature = "grpc")]
@@ -96,7 +109,7 @@ mod tokio_io;
 
 pub use astranet_engine::{
     Addr, Limits, LinkInfo, NodeId, NodeStats, Role, RouteEvent, RouteInfo, ServiceEvent,
-    ServiceInfo, StreamReset,
+    ServiceInfo, StreamReset, TlsConfig,
 };
 pub use pipe::{pipe, PipeEnd, PipeReader, PipeWriter};
 pub use stream::{AsyncStream, Stream, MAX_IN_FLIGHT, MAX_WRITE};
@@ -118,6 +131,8 @@ use std::time::{Duration, Instant};
 pub struct NodeBuilder {
     cfg: NodeConfig,
     dial_timeout: Duration,
+    /// Set with [`NodeBuilder::id`] (checked against a TLS certificate's id).
+    id_set: bool,
 }
 
 impl NodeBuilder {
@@ -167,6 +182,24 @@ impl NodeBuilder {
     /// Uses this node id instead of a random one.
     pub fn id(mut self, id: NodeId) -> Self {
         self.cfg.id = id;
+        self.id_set = true;
+        self
+    }
+
+    /// TLS 1.3 on every link, mutually authenticated with `tls`'s certificate and
+    /// trust (a cluster CA or pinned peer certificates). The node's id is the one its
+    /// certificate names; peers must present certificates the trust accepts, whose
+    /// id matches their HELLO. Plaintext peers are refused, and `attach` is refused
+    /// (it has no TLS roles). Default: plaintext.
+    ///
+    /// ```no_run
+    /// let tls = astranet::TlsConfig::ca_files("ca.pem", "node.pem", "node.key")?;
+    /// let node = astranet::Node::builder().tls(tls).build()?;
+    /// node.listen("0.0.0.0:7000")?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.cfg.tls = Some(tls);
         self
     }
 
@@ -232,6 +265,19 @@ impl NodeBuilder {
                 "keep-alive interval and timeout must be above zero",
             ));
         }
+        if let Some(t) = &self.cfg.tls {
+            if self.id_set && t.id() != self.cfg.id {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "node id {} was set, but the TLS certificate is for node {}: with \
+                         TLS the id comes from the certificate",
+                        self.cfg.id,
+                        t.id()
+                    ),
+                ));
+            }
+        }
         let core = NodeCore::start(self.cfg)?;
         Ok(Node {
             inner: Arc::new(Inner {
@@ -272,12 +318,22 @@ impl Node {
         NodeBuilder {
             cfg: NodeConfig::default(),
             dial_timeout: Duration::from_secs(10),
+            id_set: false,
         }
     }
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.inner.core.id()
+    }
+
+    /// Replaces the node's TLS certificate, key and trust without a restart: links
+    /// made from now on present the new certificate and apply the new trust (a peer
+    /// removed from the pinned set, or whose certificate expired, is refused at its
+    /// next handshake); links already up and their streams are unaffected. The new
+    /// certificate must name this node's id. `InvalidInput` on a plaintext node.
+    pub fn reload_tls(&self, tls: TlsConfig) -> io::Result<()> {
+        self.inner.core.reload_tls(tls)
     }
 
     /// Accepts links from other nodes on a TCP address; returns the address bound.
@@ -296,6 +352,11 @@ impl Node {
     /// [`PipeEnd`] are used full-duplex; for any other type, pass its two halves to
     /// [`Node::attach_split`] (a single blocking object cannot be read and written at
     /// once, and a half-duplex link could deadlock), else this returns `Unsupported`.
+    ///
+    /// The link carries what the byte stream carries: astranet adds no TLS here (the
+    /// two ends have no client and server roles) and does not authenticate the peer.
+    /// A node built with [`NodeBuilder::tls`] therefore refuses `attach` with
+    /// `PermissionDenied`.
     pub fn attach<S: Read + Write + Send + 'static>(&self, stream: S) -> io::Result<()> {
         let any: Box<dyn Any + Send> = Box::new(stream);
         // Sockets: a clone reads, the original writes, another clone shuts both down.

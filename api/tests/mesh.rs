@@ -1,4 +1,6 @@
 //! The mesh: discovery across hops, relays, rerouting, churn, env namespaces, roles.
+//! Representative tests run twice, in plaintext and over TLS (`_over_tls`);
+//! `ASTRANET_TEST_TLS=1` runs them all over TLS.
 
 mod common;
 
@@ -63,6 +65,16 @@ fn echo_check(n: &Node, target: &str, data: &[u8]) {
 
 #[test]
 fn line_relays_10_mib_and_fails_both_ends_when_the_relay_dies() {
+    line_relays_10_mib_and_fails_both_ends_when_the_relay_dies_body()
+}
+
+/// The same over TLS links.
+#[test]
+fn line_relays_10_mib_and_fails_both_ends_when_the_relay_dies_over_tls() {
+    with_tls(line_relays_10_mib_and_fails_both_ends_when_the_relay_dies_body)
+}
+
+fn line_relays_10_mib_and_fails_both_ends_when_the_relay_dies_body() {
     let a = fast_node(|b| b);
     let b = fast_node(|b| b);
     let c = fast_node(|b| b);
@@ -146,6 +158,16 @@ fn relay_holds_backpressure_end_to_end() {
 
 #[test]
 fn ring_of_five_takes_the_shortest_path_and_reroutes() {
+    ring_of_five_takes_the_shortest_path_and_reroutes_body()
+}
+
+/// The same over TLS links.
+#[test]
+fn ring_of_five_takes_the_shortest_path_and_reroutes_over_tls() {
+    with_tls(ring_of_five_takes_the_shortest_path_and_reroutes_body)
+}
+
+fn ring_of_five_takes_the_shortest_path_and_reroutes_body() {
     // Every node listens here: without this, direct upgrades would make a full mesh.
     let nodes: Vec<Node> = (0..5)
         .map(|_| fast_node(|b| b.direct_upgrade(false)))
@@ -320,6 +342,16 @@ fn non_routers_do_not_relay() {
 
 #[test]
 fn watches_report_services_and_routes() {
+    watches_report_services_and_routes_body()
+}
+
+/// The same over TLS links.
+#[test]
+fn watches_report_services_and_routes_over_tls() {
+    with_tls(watches_report_services_and_routes_body)
+}
+
+fn watches_report_services_and_routes_body() {
     let a = node();
     let b = node();
     let ws = a.watch_services();
@@ -374,6 +406,16 @@ fn sticky_dial_by_key_is_stable() {
 
 #[test]
 fn direct_upgrade_skips_the_relay_unless_turned_off() {
+    direct_upgrade_skips_the_relay_unless_turned_off_body()
+}
+
+/// The same over TLS links.
+#[test]
+fn direct_upgrade_skips_the_relay_unless_turned_off_over_tls() {
+    with_tls(direct_upgrade_skips_the_relay_unless_turned_off_body)
+}
+
+fn direct_upgrade_skips_the_relay_unless_turned_off_body() {
     for upgrade in [true, false] {
         let a = node_with(|b| b.direct_upgrade(upgrade));
         let b = node_with(|b| b.direct_upgrade(upgrade));

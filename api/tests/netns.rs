@@ -43,7 +43,7 @@ impl Drop for Hosts {
     }
 }
 
-fn spawn_in(ns: &str, args: &[&str]) -> std::io::Result<Child> {
+fn spawn_in(ns: &str, args: &[String]) -> std::io::Result<Child> {
     Command::new("ip")
         .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_astranet-node")])
         .args(args)
@@ -76,15 +76,70 @@ fn wait_with_limit(mut c: Child, limit: Duration) -> Result<String, String> {
 
 #[test]
 fn a_reaches_c_only_through_b_across_namespaces() {
-    let tag = format!("{}", std::process::id() % 100_000);
+    across_namespaces(false);
+}
+
+/// The same with every link on TLS 1.3 (certificates of a development CA).
+#[test]
+fn a_reaches_c_only_through_b_across_namespaces_over_tls() {
+    across_namespaces(true);
+}
+
+/// `--tls-*` flags for one node, with a certificate of `ca` written under `dir`.
+fn tls_flags(ca: &astranet::certs::DevCa, dir: &std::path::Path, host: &str) -> Vec<String> {
+    let c = ca.node_cert(astranet::NodeId::random()).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{host}.pem")),
+        dir.join(format!("{host}.key")),
+    );
+    std::fs::write(&cert, &c.cert_pem).unwrap();
+    std::fs::write(&key, &c.key_pem).unwrap();
+    // Written once, before any node starts (a node reads it at start).
+    let ca_file = dir.join("ca.pem");
+    if !ca_file.exists() {
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    }
+    [
+        ("--tls-ca", &ca_file),
+        ("--tls-cert", &cert),
+        ("--tls-key", &key),
+    ]
+    .iter()
+    .flat_map(|(f, p)| [f.to_string(), p.display().to_string()])
+    .collect()
+}
+
+fn across_namespaces(tls: bool) {
+    let tag = format!(
+        "{}{}",
+        std::process::id() % 100_000,
+        if tls { "t" } else { "" }
+    );
     let names: Vec<String> = ["a", "b", "c"]
         .iter()
         .map(|h| format!("astr{h}{tag}"))
         .collect();
     if let Err(e) = ip(&["netns", "add", &names[0]]) {
-        eprintln!("SKIPPED a_reaches_c_only_through_b_across_namespaces: network namespaces are unavailable here ({e}); run the tests as root on Linux with iproute2 to exercise it");
+        eprintln!("SKIPPED a_reaches_c_only_through_b_across_namespaces (tls={tls}): network namespaces are unavailable here ({e}); run the tests as root on Linux with iproute2 to exercise it");
         return;
     }
+    let dir = std::env::temp_dir().join(format!("astranet-netns-{tag}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = astranet::certs::DevCa::generate().unwrap();
+    let flags = |host: &str| -> Vec<String> {
+        if tls {
+            tls_flags(&ca, &dir, host)
+        } else {
+            Vec::new()
+        }
+    };
+    let with = |args: &[&str], host: &str| -> Vec<String> {
+        args.iter()
+            .map(|s| s.to_string())
+            .chain(flags(host))
+            .collect()
+    };
     let mut hosts = Hosts {
         ns: vec![names[0].clone()],
         children: vec![],
@@ -125,30 +180,41 @@ fn a_reaches_c_only_through_b_across_namespaces() {
     hosts.children.push(
         spawn_in(
             nb,
-            &["--listen", "10.231.1.2:7000", "--listen", "10.231.2.2:7000"],
+            &with(
+                &["--listen", "10.231.1.2:7000", "--listen", "10.231.2.2:7000"],
+                "b",
+            ),
         )
         .unwrap(),
     );
     std::thread::sleep(Duration::from_millis(300));
-    hosts
-        .children
-        .push(spawn_in(nc, &["--join", "10.231.2.2:7000", "--serve", "echo"]).unwrap());
+    hosts.children.push(
+        spawn_in(
+            nc,
+            &with(&["--join", "10.231.2.2:7000", "--serve", "echo"], "c"),
+        )
+        .unwrap(),
+    );
     let a = spawn_in(
         na,
-        &[
-            "--join",
-            "10.231.1.2:7000",
-            "--dial",
-            "echo",
-            "--bytes",
-            "1048576",
-            "--expect-hops",
-            "2",
-            "--timeout",
-            "20",
-        ],
+        &with(
+            &[
+                "--join",
+                "10.231.1.2:7000",
+                "--dial",
+                "echo",
+                "--bytes",
+                "1048576",
+                "--expect-hops",
+                "2",
+                "--timeout",
+                "20",
+            ],
+            "a",
+        ),
     )
     .unwrap();
     let out = wait_with_limit(a, Duration::from_secs(60)).expect("A's dial through B");
     assert!(out.contains("ok: 1048576 bytes echoed"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,6 +5,7 @@ mod plot;
 mod report;
 mod scenarios;
 mod sys;
+mod tls;
 mod web;
 
 use clap::{Parser, ValueEnum};
@@ -45,6 +46,9 @@ pub enum Scenario {
     /// --concurrency tasks (64) in closed loops for --duration (5 s);
     /// serve_with_incoming(astranet::Incoming) + connect_with_connector vs tonic on TCP.
     Grpc,
+    /// astranet only: time from `join` to a usable link over --streams joins (1,000),
+    /// plaintext and TLS side by side (p50/p99).
+    Join,
 }
 
 impl Scenario {
@@ -59,6 +63,7 @@ impl Scenario {
             Scenario::Relay => "relay",
             Scenario::Http => "http",
             Scenario::Grpc => "grpc",
+            Scenario::Join => "join",
         }
     }
 }
@@ -121,6 +126,10 @@ struct Cli {
     /// Write an SVG latency-percentile plot here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// astranet links run TLS 1.3, mutually authenticated (certificates of an
+    /// in-memory development CA).
+    #[arg(long)]
+    tls: bool,
     /// Internal: run one idle measurement in this process and print it as JSON.
     #[arg(long, hide = true)]
     child: bool,
@@ -197,6 +206,7 @@ fn run_once(cli: &Cli, sys: System, n_idle: usize, pb: &ProgressBar) -> std::io:
     let rt = runtime();
     let streams = cli.streams;
     let o = SysOpts {
+        tls: cli.tls,
         shards: cli.shards,
         max_streams: match cli.scenario {
             Scenario::Idle => n_idle,
@@ -276,7 +286,7 @@ async fn run_scenario(
                 scenarios::idle(pair, n_idle, cli.concurrency.unwrap_or(64), pb).await
             }
             Scenario::Relay => relay(cli, o, pair, pb).await,
-            Scenario::Http | Scenario::Grpc => unreachable!("served above"),
+            Scenario::Http | Scenario::Grpc | Scenario::Join => unreachable!("served above"),
         }
     }
 }
@@ -371,6 +381,13 @@ fn progress(cli: &Cli, msg: String) -> ProgressBar {
 fn main() {
     let cli = Cli::parse();
     raise_fd_limit();
+    if cli.scenario == Scenario::Join {
+        if let Err(e) = tls::run_join(cli.streams.unwrap_or(1000), cli.json) {
+            eprintln!("join failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if cli.scenario == Scenario::Relay
         && cli.system != SystemSel::Astranet
         && cli.system != SystemSel::All

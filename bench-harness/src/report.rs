@@ -130,6 +130,7 @@ fn primary(sc: Scenario) -> (&'static str, bool) {
         Scenario::Idle => ("bytes_per_stream", false),
         Scenario::Hol => ("p99_ratio", false),
         Scenario::Relay => ("bulk_ratio", true),
+        Scenario::Join => ("p50_us", false),
     }
 }
 

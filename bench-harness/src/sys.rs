@@ -33,6 +33,8 @@ pub struct Pair {
 /// Settings a system is set up with.
 #[derive(Clone, Debug)]
 pub struct SysOpts {
+    /// astranet links run TLS (`--tls`).
+    pub tls: bool,
     pub shards: usize,
     /// Streams the scenario will hold open at once (limits are raised to it).
     pub max_streams: usize,
@@ -58,7 +60,7 @@ pub mod astranet_sys {
     /// A and C linked only through B (a router); C binds "bench", A dials it.
     pub fn relay_pair(o: &SysOpts) -> io::Result<Pair> {
         let build = || {
-            astranet::Node::builder()
+            crate::tls::secure(astranet::Node::builder(), o.tls)?
                 .shards(o.shards)
                 .direct_upgrade(false)
                 .max_streams((o.max_streams as u64 + 1024).max(1 << 20))
@@ -104,7 +106,7 @@ pub mod astranet_sys {
         service: &str,
     ) -> io::Result<(astranet::Node, astranet::Node, astranet::AsyncListener)> {
         let build = || {
-            astranet::Node::builder()
+            crate::tls::secure(astranet::Node::builder(), o.tls)?
                 .shards(o.shards)
                 .max_streams((o.max_streams as u64 + 1024).max(1 << 20))
                 .build()

@@ -14,7 +14,7 @@ mod types;
 pub use node::{
     block_on_until, node_gone, wait_timeout, Chunks, Incoming, Limits, LinkInfo, ListenerRef,
     NodeConfig, NodeCore, NodeStats, Role, RouteEvent, RouteInfo, Rx, ServiceEvent, ServiceInfo,
-    StreamRef, Wait, MAX_STAGED, MAX_WRITE,
+    StreamRef, TlsConfig, Wait, MAX_STAGED, MAX_WRITE,
 };
 pub use node::{LocalDialed, LocalListener, LocalShard, LocalStream, StreamReset};
 pub use types::{valid_name, Addr, BindSpec, NodeId, ParseError, Target};

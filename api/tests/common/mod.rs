@@ -19,8 +19,46 @@ pub fn shards() -> usize {
         .unwrap_or(1)
 }
 
+thread_local! {
+    /// Nodes this test thread builds run TLS (see [`with_tls`]).
+    static TLS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every node that [`node`] and [`node_with`] build on this thread
+/// running TLS (certificates of one test CA). `ASTRANET_TEST_TLS=1` turns it on for
+/// every test.
+pub fn with_tls<R>(f: impl FnOnce() -> R) -> R {
+    TLS.with(|t| t.set(true));
+    let r = f();
+    TLS.with(|t| t.set(false));
+    r
+}
+
+pub fn tls_on() -> bool {
+    TLS.with(|t| t.get()) || std::env::var("ASTRANET_TEST_TLS").is_ok_and(|v| v == "1")
+}
+
+/// The test CA, made once per process.
+pub fn test_ca() -> &'static astranet::certs::DevCa {
+    static CA: std::sync::OnceLock<astranet::certs::DevCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| astranet::certs::DevCa::generate().expect("test CA"))
+}
+
+/// `b` with a fresh node certificate of the test CA when TLS is on.
+pub fn secure(b: astranet::NodeBuilder) -> astranet::NodeBuilder {
+    if tls_on() {
+        b.tls(
+            test_ca()
+                .node_config(astranet::NodeId::random())
+                .expect("node certificate"),
+        )
+    } else {
+        b
+    }
+}
+
 pub fn node() -> Node {
-    Node::builder()
+    secure(Node::builder())
         .shards(shards())
         .dial_timeout(Duration::from_secs(10))
         .build()
@@ -28,7 +66,9 @@ pub fn node() -> Node {
 }
 
 pub fn node_with(f: impl FnOnce(astranet::NodeBuilder) -> astranet::NodeBuilder) -> Node {
-    f(Node::builder().shards(shards())).build().expect("node")
+    f(secure(Node::builder()).shards(shards()))
+        .build()
+        .expect("node")
 }
 
 /// Two nodes joined over TCP loopback: (client, server).

@@ -135,6 +135,9 @@ pub struct NodeConfig {
     /// Signs this node's announcements and verifies other origins' (PROTOCOL.md
     /// §11.5); `None`: an unsigned mesh. Set from the node's TLS identity.
     pub(crate) announce_auth: Option<Arc<dyn AnnounceAuth>>,
+    /// TLS 1.3 on every link, mutually authenticated (None: plaintext). The node's id
+    /// is then the one its certificate names.
+    pub tls: Option<super::TlsConfig>,
 }
 
 impl Default for NodeConfig {
@@ -151,6 +154,7 @@ impl Default for NodeConfig {
             join_timeout: Duration::from_secs(10),
             direct_upgrade: true,
             announce_auth: None,
+            tls: None,
         }
     }
 }

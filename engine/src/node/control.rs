@@ -55,7 +55,6 @@ pub(crate) enum Msg {
     },
     /// The node's credentials changed (a certificate reload): announce our services
     /// anew, signed with the new key and carrying the new credentials.
-    #[allow(dead_code)] // Sent by the TLS identity's reload (issue 10), landing next.
     CredentialsChanged,
 }
 
@@ -178,7 +177,14 @@ impl Control {
     pub(crate) fn new(node: Arc<NodeShared>) -> Self {
         let l = &node.cfg.limits;
         // The node's identity, if it signs its announcements (PROTOCOL.md §11.5).
-        let auth = node.cfg.announce_auth.clone();
+        // A TLS node signs with its certificate's key (the one current at each call);
+        // tests may set a stand-in.
+        let auth = node.cfg.announce_auth.clone().or_else(|| {
+            node.tls.is_some().then(|| {
+                Arc::new(super::tls::CurrentIdentity(Arc::downgrade(&node)))
+                    as Arc<dyn super::auth::AnnounceAuth>
+            })
+        });
         let first = first_version(auth.is_some());
         let plane = Plane::new(
             node.id,

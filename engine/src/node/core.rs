@@ -71,6 +71,10 @@ pub struct NodeStats {
     pub relaying: usize,
     /// Bytes this node relayed for others (both directions) since it started.
     pub relayed_bytes: u64,
+    /// Links refused at their handshake for security reasons (TLS required or not
+    /// configured, untrusted or expired certificate, HELLO claiming another node id
+    /// than the certificate) since the node started.
+    pub refused_links: u64,
 }
 
 /// One link to another node, from [`NodeCore::links`].
@@ -113,6 +117,7 @@ impl NodeStats {
         self.relayed_streams += s.relayed_streams;
         self.relaying += s.relaying;
         self.relayed_bytes += s.relayed_bytes;
+        self.refused_links += s.refused_links;
     }
 }
 
@@ -287,7 +292,7 @@ pub struct NodeCore {
 
 impl NodeCore {
     /// Starts the shards.
-    pub fn start(cfg: NodeConfig) -> io::Result<NodeCore> {
+    pub fn start(mut cfg: NodeConfig) -> io::Result<NodeCore> {
         if cfg.shards == 0 || cfg.shards > 1024 {
             // (Shard numbers are kept as u16 in stream handles.)
             return Err(io::Error::new(
@@ -304,6 +309,14 @@ impl NodeCore {
                 ),
             ));
         }
+        let tls = match &cfg.tls {
+            Some(t) => {
+                // The node is who its certificate says.
+                cfg.id = t.id();
+                Some(arc_swap::ArcSwap::from_pointee(t.build()?))
+            }
+            None => None,
+        };
         let inboxes: Vec<_> = (0..cfg.shards).map(|_| Arc::new(Inbox::new())).collect();
         let mail = (0..cfg.shards).map(|_| papaya::HashMap::new()).collect();
         let shared = Arc::new(NodeShared {
@@ -321,6 +334,7 @@ impl NodeCore {
             handshaking: AtomicUsize::new(0),
             limit_hits: AtomicU64::new(0),
             rejected_announcements: AtomicU64::new(0),
+            tls,
             threads: Mutex::default(),
             listen_sockets: Mutex::default(),
             cfg,
@@ -461,9 +475,51 @@ impl NodeCore {
         closer: Option<Box<dyn FnOnce() + Send>>,
     ) -> io::Result<NodeId> {
         self.check_running()?;
+        if self.shared.tls.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "attach: this node requires TLS on every link, and an attached byte stream \
+                 carries plaintext (attach has no TLS client and server roles); use \
+                 listen/join, or a node without TLS over a stream you secured yourself",
+            ));
+        }
         let t = ThreadIo::spawn(reader, writer, closer)?;
         let rx = self.shared.add_link(Transport0::Threads(t), None, false);
         wait_reply(rx, Some(Instant::now() + self.shared.cfg.join_timeout))
+    }
+
+    /// Replaces this node's certificate, key and trust without a restart. Links made
+    /// from now on use the new ones (and refuse peers the new trust refuses); links
+    /// already up, and their streams, are unaffected. The new certificate must name
+    /// this node's id. Fails with `InvalidInput` on a plaintext node or another id.
+    pub fn reload_tls(&self, tls: super::TlsConfig) -> io::Result<()> {
+        self.check_running()?;
+        let Some(cur) = &self.shared.tls else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "reload_tls: this node runs plaintext; TLS is chosen when the node starts",
+            ));
+        };
+        if tls.id() != self.shared.id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "reload_tls: the new certificate is for node {}, but this node is {}",
+                    tls.id(),
+                    self.shared.id
+                ),
+            ));
+        }
+        cur.store(Arc::new(tls.build()?));
+        // Our announcements are signed with the new key from now on: re-announce.
+        self.shared.control(Msg::CredentialsChanged);
+        tracing::info!(node = %self.shared.id, "TLS certificate and trust reloaded");
+        Ok(())
+    }
+
+    /// Whether links run TLS.
+    pub fn is_tls(&self) -> bool {
+        self.shared.tls.is_some()
     }
 
     /// Binds a port or service name.

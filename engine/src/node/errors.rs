@@ -65,6 +65,12 @@ pub(crate) fn code_kind(code: ErrorCode) -> io::ErrorKind {
 }
 
 pub(crate) fn link_error(e: &LinkError) -> io::Error {
+    if let LinkError::Refused(why) = e {
+        return io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("link refused: {why}"),
+        );
+    }
     let kind = match e {
         LinkError::Timeout(_) | LinkError::WriteStall(_) => io::ErrorKind::TimedOut,
         LinkError::Handshake(_) | LinkError::Frame(_) | LinkError::Protocol(_) => {

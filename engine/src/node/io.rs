@@ -1,5 +1,6 @@
-//! Transports a link runs over: glommio TCP sockets on the shard itself, or, for
-//! `attach`, any blocking byte stream driven by a reader and a writer thread.
+//! Transports a link runs over: glommio TCP sockets on the shard itself (plain, or
+//! TLS once the handshake authenticated the peer), or, for `attach`, any blocking
+//! byte stream driven by a reader and a writer thread.
 
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -12,6 +13,7 @@ use std::task::{Context, Poll};
 /// A byte stream under a link.
 pub(crate) enum Transport {
     Tcp(glommio::net::TcpStream),
+    Tls(Box<super::tls::TlsIo>),
     Threads(ThreadIo),
 }
 
@@ -36,6 +38,7 @@ impl Transport {
     ) -> Poll<io::Result<usize>> {
         match self {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
             Transport::Threads(t) => t.poll_read(cx, buf),
         }
     }
@@ -47,7 +50,17 @@ impl Transport {
     ) -> Poll<io::Result<usize>> {
         match self {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Transport::Threads(t) => t.poll_write(cx, buf),
+        }
+    }
+
+    /// Pushes out what the transport itself holds: TLS may keep encrypted records
+    /// when the socket took only part of a write.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            Transport::Tcp(_) | Transport::Threads(_) => Poll::Ready(Ok(())),
         }
     }
 
@@ -55,6 +68,16 @@ impl Transport {
         match self {
             Transport::Tcp(s) => {
                 let _ = s.shutdown(std::net::Shutdown::Both).await;
+            }
+            // No close_notify: GOAWAY already ends a link gracefully, and a peer that
+            // does not read must not hold the close up.
+            Transport::Tls(s) => {
+                let _ = s
+                    .get_ref()
+                    .0
+                    .socket()
+                    .shutdown(std::net::Shutdown::Both)
+                    .await;
             }
             Transport::Threads(t) => t.close(),
         }

@@ -35,6 +35,7 @@ mod relay;
 pub(crate) mod routing;
 pub(crate) mod shard;
 mod test_auth;
+mod tls;
 mod upgrade;
 mod view;
 mod wait;
@@ -47,6 +48,7 @@ pub use handle::{Chunks, Incoming, ListenerRef, Rx, StreamRef, MAX_STAGED, MAX_W
 #[doc(hidden)]
 pub use plane::fuzzing;
 pub use shard::local::{LocalDialed, LocalListener, LocalShard, LocalStream};
+pub use tls::{node_name as tls_node_name, TlsConfig, ALPN as TLS_ALPN};
 pub use view::{RouteEvent, RouteInfo, ServiceEvent, ServiceInfo};
 pub use wait_api::*;
 
@@ -163,6 +165,9 @@ pub(crate) struct NodeShared {
     pub(crate) limit_hits: AtomicU64,
     /// Announcements rejected because their origin did not sign them.
     pub(crate) rejected_announcements: AtomicU64,
+    /// What links are secured with (None: plaintext). Swapped whole on reload;
+    /// shards load it lock-free at each handshake.
+    pub(crate) tls: Option<arc_swap::ArcSwap<tls::TlsState>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     listen_sockets: Mutex<Vec<socket2::Socket>>,
 }
@@ -198,6 +203,18 @@ impl NodeShared {
     pub(crate) fn ephemeral_port(&self) -> u32 {
         let p = self.next_port.fetch_add(1, Ordering::Relaxed);
         EPHEMERAL_BASE | (p & (EPHEMERAL_BASE - 1))
+    }
+
+    /// The TLS identity and trust new links use now (None: plaintext node).
+    pub(crate) fn tls_state(&self) -> Option<Arc<tls::TlsState>> {
+        self.tls.as_ref().map(|t| t.load_full())
+    }
+
+    /// This node's identity as discovery's signer and verifier of announcements
+    /// (None on a plaintext node). Reflects the latest reload.
+    pub(crate) fn announce_auth(&self) -> Option<Arc<dyn auth::AnnounceAuth>> {
+        self.tls_state()
+            .map(|t| t.auth.clone() as Arc<dyn auth::AnnounceAuth>)
     }
 
     pub(crate) fn is_router(&self) -> bool {

@@ -19,6 +19,73 @@ pub struct MeshArgs {
     /// Shards (executor threads) of the node [default: number of cores].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS flags: a cluster CA (`--tls-ca`) or pinned peers (`--tls-pinned`), with this
+/// node's certificate and key. Without them the node's links are plaintext.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// Cluster CA certificate (PEM): links run TLS 1.3 and accept peers whose
+    /// certificate it signed. Needs --tls-cert and --tls-key.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"], conflicts_with = "tls_pinned")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// This node's certificate (PEM); its id is the one the certificate names.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// A peer certificate to accept (repeatable; a file may hold several): links run
+    /// TLS 1.3 and accept only these peers. Needs --tls-cert and --tls-key.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_pinned: Vec<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS configuration the flags name, read from disk now (None: plaintext).
+    pub fn load(&self) -> io::Result<Option<astranet::TlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        match &self.tls_ca {
+            Some(ca) => astranet::TlsConfig::ca_files(ca, cert, key).map(Some),
+            None if !self.tls_pinned.is_empty() => {
+                astranet::TlsConfig::pinned_files(cert, key, &self.tls_pinned).map(Some)
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--tls-cert and --tls-key need a trust: --tls-ca FILE or --tls-pinned FILE",
+            )),
+        }
+    }
+}
+
+/// Reloads the TLS files on every SIGHUP (new links use them; links up stay).
+pub fn reload_on_sighup(node: &Node, tls: &TlsArgs) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        let (node, tls) = (node.clone(), tls.clone());
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match tls.load() {
+                    Ok(Some(cfg)) => match node.reload_tls(cfg) {
+                        Ok(()) => println!("{} reloaded its TLS certificate and trust", node.id()),
+                        Err(e) => eprintln!("reloading TLS: {e}"),
+                    },
+                    Ok(None) => {}
+                    Err(e) => eprintln!("reloading TLS: {e}"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (node, tls);
 }
 
 /// The `--role` values.
@@ -63,6 +130,9 @@ pub fn start(m: &MeshArgs, role: Role, id: Option<NodeId>, listen: &[String]) ->
     }
     if let Some(id) = id {
         b = b.id(id);
+    }
+    if let Some(t) = m.tls.load()? {
+        b = b.tls(t);
     }
     let node = b.build()?;
     for l in listen {

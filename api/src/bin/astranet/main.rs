@@ -1,6 +1,7 @@
 //! `astranet`: run a node, talk to services, carry TCP in and out of the mesh, and
 //! look at the mesh, from the command line. `astranet --help` lists the subcommands.
 
+mod cert;
 mod common;
 mod echo;
 mod mesh;
@@ -25,6 +26,12 @@ Examples:
   # Publish a local TCP server as the service `db`, and reach it from elsewhere:
   astranet expose --join 10.0.0.1:7000 db 127.0.0.1:5432
   astranet forward --join 10.0.0.1:7000 127.0.0.1:15432 db
+
+  # TLS: a development CA, a node certificate, a node that requires TLS:
+  astranet cert ca --out certs
+  astranet cert node --ca certs --out certs/a
+  astranet node --listen 0.0.0.0:7000 --tls-ca certs/ca.pem \
+      --tls-cert certs/a/node.pem --tls-key certs/a/node.key
 
   # What the mesh looks like:
   astranet services --join 10.0.0.1:7000
@@ -68,6 +75,9 @@ enum Cmd {
     /// Show the links of a node that joins the mesh (counts and direct neighbours).
     #[command(after_help = "Example:\n  astranet links --join 127.0.0.1:7000 --json")]
     Links(QueryArgs),
+    /// Make development certificates for TLS links (a CA, node certificates).
+    #[command(subcommand)]
+    Cert(cert::CertCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -169,11 +179,16 @@ fn main() {
 }
 
 fn run(cli: Cli) -> io::Result<()> {
+    if let Cmd::Cert(c) = cli.cmd {
+        return cert::run(c);
+    }
     let rt = runtime()?;
     match cli.cmd {
+        Cmd::Cert(_) => unreachable!("handled above"),
         Cmd::Node(a) => {
             let node = start(&a.mesh, a.role.into(), a.id, &a.listen)?;
             let _guard = rt.enter();
+            common::reload_on_sighup(&node, &a.mesh.tls);
             if let Some(addr) = a.metrics {
                 metrics_exporter_prometheus::PrometheusBuilder::new()
                     .with_http_listener(addr)

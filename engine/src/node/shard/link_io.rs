@@ -7,6 +7,8 @@
 
 use super::{LinkId, LinkKind, LinkSlot, Shard, CLOSE_FLUSH};
 use crate::node::io::Transport;
+use crate::node::tls;
+use crate::types::NodeId;
 use bytes::BytesMut;
 use std::future::poll_fn;
 use std::rc::Rc;
@@ -39,7 +41,19 @@ impl LinkSlot {
 }
 
 impl Shard {
-    pub(super) async fn run_link(self: Rc<Self>, link: LinkId, mut t: Transport) {
+    /// `dialer`: we connected (the TLS client); `expect`: the node a direct upgrade
+    /// must reach.
+    pub(super) async fn run_link(
+        self: Rc<Self>,
+        link: LinkId,
+        t: Transport,
+        dialer: bool,
+        expect: Option<NodeId>,
+    ) {
+        let Some(mut t) = self.clone().secure_link(link, t, dialer, expect).await else {
+            self.end_link(link);
+            return;
+        };
         // Bytes read and not decoded yet (the start of a frame), and right behind them
         // in the same allocation, zeroed room the next read lands in: frames are
         // decoded out of it with no copy (`Link::handle_input_buf`).
@@ -100,11 +114,27 @@ impl Shard {
                         }
                         Poll::Ready(Err(e)) => {
                             drop(st);
-                            self.transport_failed(link, &e.to_string());
+                            self.transport_error(link, &e);
                             return Poll::Ready(());
                         }
                         Poll::Pending => {
                             if let Some(s) = slot {
+                                s.write_blocked_since.get_or_insert_with(Instant::now);
+                            }
+                        }
+                    }
+                }
+                // All handed over: make sure the transport sent it (TLS may hold
+                // records the socket did not take).
+                if wpos == wbuf.len() {
+                    match t.poll_flush(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => {
+                            self.transport_error(link, &e);
+                            return Poll::Ready(());
+                        }
+                        Poll::Pending => {
+                            if let Some(s) = self.st.borrow_mut().links.get_mut(&link) {
                                 s.write_blocked_since.get_or_insert_with(Instant::now);
                             }
                         }
@@ -137,7 +167,7 @@ impl Shard {
                         }
                         Poll::Ready(Err(e)) => {
                             read_open = false;
-                            self.transport_failed(link, &e.to_string());
+                            self.transport_error(link, &e);
                         }
                         Poll::Pending => {
                             // Nothing waiting in the socket: if the keep-alive ran out,
@@ -197,6 +227,42 @@ impl Shard {
         })
         .await;
         t.close().await;
+        self.end_link(link);
+    }
+
+    /// Secures a TCP link with TLS when the node is configured for it; None if the
+    /// peer was refused (the link's core then holds the reason).
+    async fn secure_link(
+        self: Rc<Self>,
+        link: LinkId,
+        t: Transport,
+        dialer: bool,
+        expect: Option<NodeId>,
+    ) -> Option<Transport> {
+        let state = match (self.node.tls_state(), &t) {
+            (Some(state), Transport::Tcp(_)) => state,
+            _ => return Some(t),
+        };
+        let Transport::Tcp(s) = t else {
+            return None;
+        };
+        let timeout = self.node.cfg.limits.handshake_timeout;
+        match tls::secure(state, s, dialer, expect, timeout).await {
+            Ok(sec) => {
+                let mut st = self.st.borrow_mut();
+                let slot = st.links.get_mut(&link)?;
+                slot.core.set_authenticated_peer(sec.peer.0);
+                Some(Transport::Tls(Box::new(sec.io)))
+            }
+            Err(e) => {
+                self.transport_error(link, &e);
+                None
+            }
+        }
+    }
+
+    /// The link's IO is over: its state goes.
+    fn end_link(self: &Rc<Self>, link: LinkId) {
         let mut st = self.st.borrow_mut();
         if let Some(slot) = st.links.get_mut(&link) {
             slot.core.transport_closed("transport closed");
@@ -209,6 +275,28 @@ impl Shard {
         drop(st);
         self.node.links.fetch_sub(1, Ordering::Relaxed);
         self.flush();
+    }
+
+    /// The transport failed with `e`. Security refusals (`PermissionDenied` from the
+    /// TLS handshake, or the peer's TLS alert refusing our certificate) end the link
+    /// as refused, with their reason; anything else as a lost transport.
+    pub(super) fn transport_error(self: &Rc<Self>, link: LinkId, e: &std::io::Error) {
+        let refused = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => Some(e.to_string()),
+            _ => tls::describe_transport_error(e),
+        };
+        let Some(why) = refused else {
+            self.transport_failed(link, &e.to_string());
+            return;
+        };
+        let mut st = self.st.borrow_mut();
+        if let Some(slot) = st.links.get_mut(&link) {
+            let _in = slot.span.enter();
+            tracing::warn!(node = %self.node.id, addr = ?slot.addr, reason = %why, "link refused");
+            drop(_in);
+            slot.core.refuse_peer(why);
+        }
+        self.drain_events(&mut st, link);
     }
 
     pub(super) fn transport_failed(self: &Rc<Self>, link: LinkId, why: &str) {

@@ -206,6 +206,7 @@ pub(crate) struct Totals {
     pub(crate) refused_opens: u64,
     pub(crate) resets_by_code: std::collections::BTreeMap<u32, u64>,
     pub(crate) relayed_streams: u64,
+    pub(crate) refused_links: u64,
 }
 
 pub(crate) struct Shard {
@@ -339,6 +340,7 @@ impl Shard {
             resets_by_code: t.resets_by_code.clone(),
             relayed_streams: t.relayed_streams,
             relayed_bytes: self.relayed_bytes.get(),
+            refused_links: t.refused_links,
             ..NodeStats::default()
         };
         for slot in st.links.values() {
@@ -573,7 +575,7 @@ impl Shard {
             .get(&id)
             .map_or_else(tracing::Span::none, |s| s.span.clone());
         glommio::spawn_local(tracing::Instrument::instrument(
-            me.run_link(id, transport),
+            me.run_link(id, transport, !accepted, expect),
             span,
         ))
         .detach();
@@ -811,6 +813,9 @@ impl Shard {
     }
 
     fn on_closed(&self, st: &mut State, link: LinkId, why: LinkError) {
+        if matches!(why, LinkError::Refused(_)) {
+            self.totals.borrow_mut().refused_links += 1;
+        }
         st.remember_dead(link, why.clone());
         let Some(slot) = st.links.get_mut(&link) else {
             return;

@@ -77,6 +77,16 @@ impl Link {
 
     fn process_input(&mut self) -> Result<(), LinkError> {
         if !self.preamble_seen {
+            // A TLS record (handshake 0x16, alert 0x15) where our preamble should be:
+            // say so, both sides then know what to fix.
+            if matches!(self.rbuf.first(), Some(0x15 | 0x16)) {
+                return Err(LinkError::Refused(
+                    "peer speaks TLS, but this node has no TLS configured: give this node \
+                     a certificate (NodeBuilder::tls, astranet-node --tls-*) or the peer \
+                     plaintext"
+                        .into(),
+                ));
+            }
             let n = self.rbuf.len().min(PREAMBLE.len());
             if self.rbuf[..n] != PREAMBLE[..n] {
                 return Err(FrameError::BadPreamble.into());
@@ -166,6 +176,12 @@ impl Link {
         }
         if h.node_id == 0 {
             return Err(LinkError::Handshake("peer node id is 0".into()));
+        }
+        if let Some(cert) = self.authenticated.filter(|c| *c != h.node_id) {
+            return Err(LinkError::Refused(format!(
+                "peer's certificate is for node {cert:016x} but its HELLO claims {:016x}",
+                h.node_id
+            )));
         }
         if h.node_id == self.cfg.node_id && self.cfg.self_link_parity.is_none() {
             return Err(LinkError::Handshake(format!(

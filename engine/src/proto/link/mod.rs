@@ -118,6 +118,10 @@ pub enum LinkError {
     /// The handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(String),
+    /// The peer was refused for security reasons (TLS required or not configured,
+    /// untrusted certificate, HELLO claiming another node id than its certificate).
+    #[error("{0}")]
+    Refused(String),
     /// Nothing was heard from the peer for the keep-alive timeout.
     #[error("keep-alive timeout: peer silent for {0:?}")]
     Timeout(Duration),
@@ -297,6 +301,9 @@ pub struct Link {
     /// The PING whose answer measures the round-trip time: (opaque, sent at).
     rtt_probe: Option<(u64, Instant)>,
     rtt: Option<Duration>,
+    /// The node id the transport authenticated (TLS certificate): the HELLO must claim
+    /// exactly this id.
+    authenticated: Option<u64>,
 }
 
 /// What crossed a link, for statistics.
@@ -397,6 +404,7 @@ impl Link {
             },
             rtt_probe: None,
             rtt: None,
+            authenticated: None,
         }
     }
 
@@ -480,6 +488,18 @@ impl Link {
             code,
             reason: Bytes::copy_from_slice(r),
         });
+    }
+
+    /// The transport authenticated the peer as node `id` (its TLS certificate): a
+    /// HELLO claiming another id ends the link with [`LinkError::Refused`] before any
+    /// frame after it is looked at.
+    pub fn set_authenticated_peer(&mut self, id: u64) {
+        self.authenticated = Some(id);
+    }
+
+    /// Ends the link: the peer is refused for `why` (a GOAWAY carries the reason).
+    pub fn refuse_peer(&mut self, why: String) {
+        self.fail(LinkError::Refused(why));
     }
 
     /// The transport closed or failed: every stream fails with `LinkLost`.
