@@ -272,6 +272,41 @@ pub(crate) struct TlsState {
     pub(crate) auth: Arc<announce::CertAuth>,
 }
 
+/// The node's identity as it is now, for discovery: every call loads the TLS state
+/// current at that moment, so a reload (`NodeCore::reload_tls`) changes the key that
+/// signs and the trust that verifies without rebuilding discovery.
+pub(crate) struct CurrentIdentity(pub(crate) std::sync::Weak<super::NodeShared>);
+
+impl CurrentIdentity {
+    fn now(&self) -> Option<std::sync::Arc<dyn crate::node::auth::AnnounceAuth>> {
+        self.0.upgrade().and_then(|n| n.announce_auth())
+    }
+}
+
+impl crate::node::auth::AnnounceAuth for CurrentIdentity {
+    fn credentials(&self) -> bytes::Bytes {
+        self.now().map(|a| a.credentials()).unwrap_or_default()
+    }
+
+    fn sign(&self, msg: &[u8]) -> bytes::Bytes {
+        self.now().map(|a| a.sign(msg)).unwrap_or_default()
+    }
+
+    fn verify_credentials(
+        &self,
+        origin: crate::types::NodeId,
+        creds: &[u8],
+    ) -> Result<std::sync::Arc<dyn crate::node::auth::OriginKey>, crate::node::auth::AuthError>
+    {
+        match self.now() {
+            Some(a) => a.verify_credentials(origin, creds),
+            None => Err(crate::node::auth::AuthError::Untrusted(
+                "the node is shutting down".into(),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     //! Certificates minted for unit tests.
@@ -310,40 +345,5 @@ pub(crate) mod testing {
             None => p.self_signed(&key).unwrap(),
         };
         (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// The node's identity as it is now, for discovery: every call loads the TLS state
-/// current at that moment, so a reload (`NodeCore::reload_tls`) changes the key that
-/// signs and the trust that verifies without rebuilding discovery.
-pub(crate) struct CurrentIdentity(pub(crate) std::sync::Weak<super::NodeShared>);
-
-impl CurrentIdentity {
-    fn now(&self) -> Option<std::sync::Arc<dyn crate::node::auth::AnnounceAuth>> {
-        self.0.upgrade().and_then(|n| n.announce_auth())
-    }
-}
-
-impl crate::node::auth::AnnounceAuth for CurrentIdentity {
-    fn credentials(&self) -> bytes::Bytes {
-        self.now().map(|a| a.credentials()).unwrap_or_default()
-    }
-
-    fn sign(&self, msg: &[u8]) -> bytes::Bytes {
-        self.now().map(|a| a.sign(msg)).unwrap_or_default()
-    }
-
-    fn verify_credentials(
-        &self,
-        origin: crate::types::NodeId,
-        creds: &[u8],
-    ) -> Result<std::sync::Arc<dyn crate::node::auth::OriginKey>, crate::node::auth::AuthError>
-    {
-        match self.now() {
-            Some(a) => a.verify_credentials(origin, creds),
-            None => Err(crate::node::auth::AuthError::Untrusted(
-                "the node is shutting down".into(),
-            )),
-        }
     }
 }
