@@ -29,7 +29,7 @@ pub fn record(h: &mut Histogram<u64>, since: Instant) {
     let _ = h.record(us);
 }
 
-fn latency_figures(h: &Histogram<u64>) -> [(&'static str, f64); 3] {
+pub(crate) fn latency_figures(h: &Histogram<u64>) -> [(&'static str, f64); 3] {
     [
         ("p50_us", h.value_at_quantile(0.50) as f64),
         ("p99_us", h.value_at_quantile(0.99) as f64),
@@ -53,7 +53,7 @@ where
     })
 }
 
-const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 64 * 1024;
 
 /// `bulk`: one stream, `total` bytes client→server in 64 KiB writes.
 pub async fn bulk(pair: Pair, total: u64, pb: &ProgressBar) -> io::Result<Outcome> {
@@ -302,7 +302,8 @@ async fn rpc_loop(
     Ok((h.clone(), h.len(), secs))
 }
 
-async fn echo_64(mut s: BoxConn) {
+/// Echoes 64 B messages until the stream ends (any system's stream).
+pub(crate) async fn echo_64<S: futures::AsyncRead + futures::AsyncWrite + Unpin>(mut s: S) {
     let mut b = [0u8; 64];
     while s.read_exact(&mut b).await.is_ok() {
         if s.write_all(&b).await.is_err() || s.flush().await.is_err() {
@@ -568,7 +569,7 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
     })
 }
 
-fn limit_hint(e: &io::Error) -> String {
+pub(crate) fn limit_hint(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::EMFILE) => {
             let mut r = libc::rlimit {
