@@ -442,8 +442,13 @@ fn main() {
     let web = matches!(cli.scenario, Scenario::Http | Scenario::Grpc);
     if web && matches!(cli.system, SystemSel::YamuxRs | SystemSel::TcpGlommio) {
         eprintln!(
-            "{} compares astranet with plain tcp only; it does not apply to yamux-rs",
-            cli.scenario.name()
+            "{} compares astranet with plain tcp (tokio) only; it does not apply to {}",
+            cli.scenario.name(),
+            if cli.system == SystemSel::YamuxRs {
+                "yamux-rs"
+            } else {
+                "tcp-glommio (hyper and tonic run on tokio here)"
+            }
         );
         std::process::exit(2);
     }

@@ -450,7 +450,11 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
     pb.set_length(n as u64);
     let rss0 = rss_bytes();
     let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
+    // Set when an opener fails (the system's limit): the others stop, and an attempt
+    // still waiting (e.g. for an echo from an acceptor that hit the same limit) is
+    // abandoned instead of waiting forever.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     // The acceptors take turns at the one accept queue, then answer concurrently.
     let acceptor = Arc::new(tokio::sync::Mutex::new(acceptor));
     let claimed = Arc::new(AtomicU64::new(0));
@@ -488,27 +492,30 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
     for _ in 0..workers {
         let dialer = dialer.clone();
         let next = next.clone();
-        let stop = stop.clone();
+        let (mut stop, stop_tx) = (stop.clone(), stop_tx.clone());
         let pb = pb.clone();
         tasks.push(tokio::spawn(async move {
             let mut held = Vec::new();
-            while !stop.load(Ordering::Relaxed) && next.fetch_add(1, Ordering::Relaxed) < n as u64 {
-                let r = async {
+            while !*stop.borrow() && next.fetch_add(1, Ordering::Relaxed) < n as u64 {
+                let attempt = async {
                     let mut s = dialer.open().await?;
                     s.write_all(b"1").await?;
                     s.flush().await?;
                     let mut b = [0u8; 1];
                     s.read_exact(&mut b).await?;
                     Ok::<_, io::Error>(s)
-                }
-                .await;
+                };
+                let r = tokio::select! {
+                    r = attempt => r,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
                 match r {
                     Ok(s) => {
                         held.push(s);
                         pb.inc(1);
                     }
                     Err(e) => {
-                        stop.store(true, Ordering::Relaxed);
+                        let _ = stop_tx.send(true);
                         return (held, Some(e));
                     }
                 }
@@ -525,6 +532,9 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
             first_err = e;
         }
     }
+    // When an opener failed, the limit is reached: the grace period the acceptors get
+    // below is no part of the time to open.
+    let clients_done = start.elapsed().as_secs_f64();
     let reached = client_held.len();
     // When an opener failed, acceptors may wait for streams that will never come:
     // give them a moment to report their own error (often the real limit), then stop
@@ -549,7 +559,11 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
             server_err = e;
         }
     }
-    let open_s = start.elapsed().as_secs_f64();
+    let open_s = if first_err.is_some() {
+        clients_done
+    } else {
+        start.elapsed().as_secs_f64()
+    };
     let rss1 = rss_bytes();
     // The server's error is the cause when it stopped first (e.g. out of descriptors).
     let note = server_err
