@@ -1,6 +1,7 @@
 //! astranet-bench: the scenarios of `shared/bench/SCENARIOS.md`, for astranet, plain TCP
 //! and yamux-rs, measured side by side in one run.
 
+mod local;
 mod plot;
 mod report;
 mod scenarios;
@@ -72,6 +73,9 @@ impl Scenario {
 pub enum SystemSel {
     Astranet,
     Tcp,
+    /// Plain TCP with client and server tasks on glommio executors (thread per core).
+    #[value(name = "tcp-glommio")]
+    TcpGlommio,
     #[value(name = "yamux-rs")]
     YamuxRs,
     All,
@@ -81,6 +85,9 @@ pub enum SystemSel {
 pub enum System {
     Astranet,
     Tcp,
+    /// Thread per core: the scenarios run on the system's executors (`local`).
+    /// `astranet-local` (the shard-local API) joins here once it exists.
+    TcpGlommio,
     YamuxRs,
 }
 
@@ -89,6 +96,7 @@ impl System {
         match self {
             System::Astranet => "astranet",
             System::Tcp => "tcp",
+            System::TcpGlommio => "tcp-glommio",
             System::YamuxRs => "yamux-rs",
         }
     }
@@ -198,11 +206,67 @@ async fn make_pair(sys: System, o: &SysOpts) -> std::io::Result<Pair> {
         }
         System::Tcp => sys::tcp_sys::pair().await,
         System::YamuxRs => sys::yamux_sys::pair(o).await,
+        System::TcpGlommio => Err(std::io::Error::other(
+            "tcp-glommio runs its scenarios on its own executors (run_local)",
+        )),
+    }
+}
+
+/// How long one run may take before it fails.
+fn run_limit(sc: Scenario) -> Duration {
+    Duration::from_secs(match sc {
+        Scenario::Idle => 900,
+        _ => 300,
+    })
+}
+
+/// One run of a thread-per-core system: its scenario code runs on its executors and
+/// this thread only coordinates.
+fn run_local(cli: &Cli, sys: System, n_idle: usize) -> std::io::Result<Outcome> {
+    use local::scenarios as ls;
+    let limit = run_limit(cli.scenario);
+    let s: Box<dyn local::LocalSys> = match sys {
+        System::TcpGlommio => Box::new(local::tcp_glommio::TcpGlommio::new(cli.shards)?),
+        _ => unreachable!("{} is not thread-per-core", sys.name()),
+    };
+    let s = &*s;
+    let streams = cli.streams;
+    match cli.scenario {
+        Scenario::Bulk => ls::bulk(s, 1 << 30, limit),
+        Scenario::Fanout => ls::fanout(s, streams.unwrap_or(256), 4 << 20, limit),
+        Scenario::Open => ls::open(
+            s,
+            cli.concurrency.unwrap_or(64),
+            streams.unwrap_or(200_000) as u64,
+            limit,
+        ),
+        Scenario::Rpc => ls::rpc(
+            s,
+            streams.unwrap_or(1000),
+            cli.duration.unwrap_or(Duration::from_secs(10)),
+            1_000_000,
+            limit,
+        ),
+        Scenario::Hol => ls::hol(
+            s,
+            streams.unwrap_or(64),
+            cli.duration.unwrap_or(Duration::from_secs(3)),
+            limit,
+        ),
+        Scenario::Idle => ls::idle(s, n_idle, cli.concurrency.unwrap_or(64), limit),
+        Scenario::Relay | Scenario::Http | Scenario::Grpc => Err(std::io::Error::other(format!(
+            "{} does not run on {}",
+            cli.scenario.name(),
+            sys.name()
+        ))),
     }
 }
 
 /// One run of one scenario on one system, in this process.
 fn run_once(cli: &Cli, sys: System, n_idle: usize, pb: &ProgressBar) -> std::io::Result<Outcome> {
+    if sys == System::TcpGlommio {
+        return run_local(cli, sys, n_idle);
+    }
     let rt = runtime();
     let streams = cli.streams;
     let o = SysOpts {
@@ -216,10 +280,7 @@ fn run_once(cli: &Cli, sys: System, n_idle: usize, pb: &ProgressBar) -> std::io:
         },
     };
     // No run may hang the harness: each has a generous time limit.
-    let limit = Duration::from_secs(match cli.scenario {
-        Scenario::Idle => 900,
-        _ => 300,
-    });
+    let limit = run_limit(cli.scenario);
     let out = rt.block_on(async {
         tokio::time::timeout(limit, run_scenario(cli, sys, &o, n_idle, pb))
             .await
@@ -396,19 +457,30 @@ fn main() {
         std::process::exit(2);
     }
     let web = matches!(cli.scenario, Scenario::Http | Scenario::Grpc);
-    if web && cli.system == SystemSel::YamuxRs {
+    if web && matches!(cli.system, SystemSel::YamuxRs | SystemSel::TcpGlommio) {
         eprintln!(
-            "{} compares astranet with plain tcp only; it does not apply to yamux-rs",
-            cli.scenario.name()
+            "{} compares astranet with plain tcp (tokio) only; it does not apply to {}",
+            cli.scenario.name(),
+            if cli.system == SystemSel::YamuxRs {
+                "yamux-rs"
+            } else {
+                "tcp-glommio (hyper and tonic run on tokio here)"
+            }
         );
         std::process::exit(2);
     }
     let systems: Vec<System> = match cli.system {
         _ if cli.scenario == Scenario::Relay => vec![System::Astranet],
         SystemSel::All if web => vec![System::Astranet, System::Tcp],
-        SystemSel::All => vec![System::Astranet, System::Tcp, System::YamuxRs],
+        SystemSel::All => vec![
+            System::Astranet,
+            System::Tcp,
+            System::TcpGlommio,
+            System::YamuxRs,
+        ],
         SystemSel::Astranet => vec![System::Astranet],
         SystemSel::Tcp => vec![System::Tcp],
+        SystemSel::TcpGlommio => vec![System::TcpGlommio],
         SystemSel::YamuxRs => vec![System::YamuxRs],
     };
     if cli.child {

@@ -150,13 +150,13 @@ pub fn human(sc: Scenario, results: &[SystemResult], runs: usize, shards: usize)
             let _ = writeln!(out, "\nN = {n}");
         }
         let keys = group.first().map(|r| r.keys()).unwrap_or_default();
-        let _ = write!(out, "{:<10}", "system");
+        let _ = write!(out, "{:<12}", "system");
         for k in &keys {
             let _ = write!(out, " {k:>26}");
         }
         let _ = writeln!(out);
         for r in &group {
-            let _ = write!(out, "{:<10}", r.system.name());
+            let _ = write!(out, "{:<12}", r.system.name());
             for (k, v) in r.medians() {
                 let (lo, hi) = r.range(k);
                 let cell = if r.runs.len() > 1 {
@@ -177,12 +177,12 @@ pub fn human(sc: Scenario, results: &[SystemResult], runs: usize, shards: usize)
                 .map(|(_, v)| v)
         };
         if let Some(a) = get(System::Astranet) {
-            for base in [System::Tcp, System::YamuxRs] {
+            for base in [System::Tcp, System::TcpGlommio, System::YamuxRs] {
                 if let Some(b) = get(base) {
                     let ratio = a / b;
                     let _ = writeln!(
                         out,
-                        "astranet / {:<8} {key}: {:.2}x ({})",
+                        "astranet / {:<11} {key}: {:.2}x ({})",
                         base.name(),
                         ratio,
                         if higher {
@@ -218,13 +218,13 @@ pub fn human(sc: Scenario, results: &[SystemResult], runs: usize, shards: usize)
             );
             let _ = writeln!(
                 out,
-                "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+                "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
                 "system", "p50", "p90", "p99", "p99.9", "max", "samples"
             );
             for (s, h) in hists {
                 let _ = writeln!(
                     out,
-                    "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+                    "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
                     s.name(),
                     h.value_at_quantile(0.5),
                     h.value_at_quantile(0.9),
@@ -237,4 +237,64 @@ pub fn human(sc: Scenario, results: &[SystemResult], runs: usize, shards: usize)
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::hol_figures;
+
+    #[test]
+    fn hol_reports_bulk_alone_and_beside_under_the_scenarios_names() {
+        let f = hol_figures(100.0, 250.0, 2000.0, 1500.0);
+        let line = json_line(System::Astranet, Scenario::Hol, &f, None);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["scenario"], "hol");
+        assert_eq!(v["p99_alone_us"], 100);
+        assert_eq!(v["p99_beside_us"], 250);
+        assert_eq!(v["p99_ratio"], 2.5);
+        assert_eq!(v["bulk_alone_mb_per_s"], 2000);
+        assert_eq!(v["bulk_beside_mb_per_s"], 1500);
+    }
+
+    #[test]
+    fn idle_child_line_round_trips_open_s_and_note() {
+        let f = [
+            ("streams", 1000.0),
+            ("bytes_per_stream", 312.5),
+            ("open_s", 1.25),
+        ];
+        let line = json_line(System::TcpGlommio, Scenario::Idle, &f, Some("stopped"));
+        assert!(line.contains("\"system\":\"tcp-glommio\""), "{line}");
+        let o = parse_child(&format!("progress\n{line}")).unwrap();
+        assert_eq!(
+            o.figures,
+            vec![
+                ("streams", 1000.0),
+                ("bytes_per_stream", 312.5),
+                ("open_s", 1.25)
+            ]
+        );
+        assert_eq!(o.note.as_deref(), Some("stopped"));
+    }
+
+    #[test]
+    fn medians_take_the_middle_of_each_figure() {
+        let run = |v: f64| Outcome {
+            figures: vec![
+                ("bulk_alone_mb_per_s", v),
+                ("bulk_beside_mb_per_s", v / 2.0),
+            ],
+            hist: None,
+            note: None,
+        };
+        let r = SystemResult::new(System::TcpGlommio, vec![run(3.0), run(1.0), run(2.0)], 0);
+        assert_eq!(
+            r.medians(),
+            vec![("bulk_alone_mb_per_s", 2.0), ("bulk_beside_mb_per_s", 1.0)]
+        );
+        let table = human(Scenario::Hol, &[r], 3, 1);
+        assert!(table.contains("tcp-glommio"), "{table}");
+        assert!(table.contains("bulk_beside_mb_per_s"), "{table}");
+    }
 }

@@ -29,7 +29,7 @@ pub fn record(h: &mut Histogram<u64>, since: Instant) {
     let _ = h.record(us);
 }
 
-fn latency_figures(h: &Histogram<u64>) -> [(&'static str, f64); 3] {
+pub(crate) fn latency_figures(h: &Histogram<u64>) -> [(&'static str, f64); 3] {
     [
         ("p50_us", h.value_at_quantile(0.50) as f64),
         ("p99_us", h.value_at_quantile(0.99) as f64),
@@ -53,7 +53,7 @@ where
     })
 }
 
-const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 64 * 1024;
 
 /// `bulk`: one stream, `total` bytes client→server in 64 KiB writes.
 pub async fn bulk(pair: Pair, total: u64, pb: &ProgressBar) -> io::Result<Outcome> {
@@ -246,6 +246,7 @@ async fn rpc_loop(
     run_for: Duration,
     max_rt: u64,
     pb: &ProgressBar,
+    at_start: impl FnOnce(),
 ) -> io::Result<(Histogram<u64>, u64, f64)> {
     // Each stream opens and makes one unmeasured round trip (which also acknowledges
     // it: yamux stops opening after 256 streams its acceptor has not answered), then
@@ -290,6 +291,7 @@ async fn rpc_loop(
     }
     ready.wait().await;
     let start = Instant::now();
+    at_start();
     let _ = start_at.set(start);
     go.notify_waiters();
     let mut h = new_hist();
@@ -300,7 +302,8 @@ async fn rpc_loop(
     Ok((h.clone(), h.len(), secs))
 }
 
-async fn echo_64(mut s: BoxConn) {
+/// Echoes 64 B messages until the stream ends (any system's stream).
+pub(crate) async fn echo_64<S: futures::AsyncRead + futures::AsyncWrite + Unpin>(mut s: S) {
     let mut b = [0u8; 64];
     while s.read_exact(&mut b).await.is_ok() {
         if s.write_all(&b).await.is_err() || s.flush().await.is_err() {
@@ -324,7 +327,7 @@ pub async fn rpc(
     } = pair;
     pb.set_length(max_rt);
     let server = serve(acceptor, echo_64);
-    let (h, count, secs) = rpc_loop(&dialer, n, run_for, max_rt, pb).await?;
+    let (h, count, secs) = rpc_loop(&dialer, n, run_for, max_rt, pb, || {}).await?;
     server.abort();
     let mut figures = vec![("rps", count as f64 / secs)];
     figures.extend(latency_figures(&h));
@@ -335,137 +338,184 @@ pub async fn rpc(
     })
 }
 
-/// `hol`: `rpc` on `n` streams alone, then beside a bulk stream running flat out on
-/// the same connection.
+/// `hol`: `rpc` on `n` streams alone; a bulk stream alone (its rate is
+/// `bulk_alone_mb_per_s`); then `rpc` again beside the bulk stream running flat out on
+/// the same connection (`p99_beside_us`, `bulk_beside_mb_per_s`). The bulk rates are
+/// what the server read, so a low `p99_ratio` bought by starving bulk shows.
 pub async fn hol(pair: Pair, n: usize, run_for: Duration, pb: &ProgressBar) -> io::Result<Outcome> {
     let Pair {
         dialer,
         acceptor,
         _keep,
     } = pair;
-    pb.set_length(2);
+    pb.set_length(3);
+    // Bytes the server has read on the bulk stream.
+    let bulk_read = Arc::new(AtomicU64::new(0));
+    let counter = bulk_read.clone();
     // The server tells the bulk stream (first byte 0x5a) from rpc streams (0x42).
-    let server = serve(acceptor, |mut s| async move {
-        let mut b = [0u8; 64];
-        if s.read_exact(&mut b).await.is_err() {
-            return;
+    let server = serve(acceptor, move |mut s| {
+        let counter = counter.clone();
+        async move {
+            let mut b = [0u8; 64];
+            if s.read_exact(&mut b).await.is_err() {
+                return;
+            }
+            if b[0] == 0x5a {
+                counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+                let mut sink = vec![0u8; CHUNK];
+                while let Ok(n @ 1..) = s.read(&mut sink).await {
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                return;
+            }
+            if s.write_all(&b).await.is_err() || s.flush().await.is_err() {
+                return;
+            }
+            echo_64(s).await
         }
-        if b[0] == 0x5a {
-            let mut sink = vec![0u8; CHUNK];
-            while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
-            return;
-        }
-        if s.write_all(&b).await.is_err() || s.flush().await.is_err() {
-            return;
-        }
-        echo_64(s).await
     });
     let quiet = ProgressBar::hidden();
-    let (alone, _, _) = rpc_loop(&dialer, n, run_for, u64::MAX, &quiet).await?;
+    let (alone, _, _) = rpc_loop(&dialer, n, run_for, u64::MAX, &quiet, || {}).await?;
     pb.inc(1);
     let stop = Arc::new(AtomicBool::new(false));
     let mut bulk = dialer.open().await?;
     let st = stop.clone();
     let writer = tokio::spawn(async move {
         let buf = vec![0x5au8; CHUNK];
-        let mut sent = 0u64;
         while !st.load(Ordering::Relaxed) {
             bulk.write_all(&buf).await?;
-            sent += CHUNK as u64;
         }
         bulk.close().await.ok();
-        Ok::<_, io::Error>(sent)
+        Ok::<_, io::Error>(())
     });
-    // Let the bulk stream reach full speed first.
+    // Let the bulk stream reach full speed first, then measure it alone.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (beside, _, _) = rpc_loop(&dialer, n, run_for, u64::MAX, &quiet).await?;
+    let rate = |from: (u64, Instant)| {
+        let bytes = bulk_read.load(Ordering::Relaxed).saturating_sub(from.0);
+        bytes as f64 / 1e6 / from.1.elapsed().as_secs_f64().max(1e-9)
+    };
+    let mark = || (bulk_read.load(Ordering::Relaxed), Instant::now());
+    let from = mark();
+    tokio::time::sleep(run_for).await;
+    let bulk_alone = rate(from);
+    pb.inc(1);
+    let from = std::sync::Mutex::new(mark());
+    let (beside, _, _) = rpc_loop(&dialer, n, run_for, u64::MAX, &quiet, || {
+        *from.lock().unwrap_or_else(|e| e.into_inner()) = mark();
+    })
+    .await?;
+    let bulk_beside = rate(*from.lock().unwrap_or_else(|e| e.into_inner()));
     stop.store(true, Ordering::Relaxed);
-    let bulk_bytes = writer.await.map_err(io::Error::other)??;
+    writer.await.map_err(io::Error::other)??;
     pb.inc(1);
     server.abort();
     let a = alone.value_at_quantile(0.99) as f64;
     let b = beside.value_at_quantile(0.99) as f64;
     Ok(Outcome {
-        figures: vec![
-            ("p99_alone_us", a),
-            ("p99_beside_us", b),
-            ("p99_ratio", b / a.max(1.0)),
-        ],
+        figures: hol_figures(a, b, bulk_alone, bulk_beside),
         hist: Some(beside),
         note: Some(format!(
-            "bulk stream moved {:.0} MB during the second phase",
-            bulk_bytes as f64 / 1e6
+            "bulk kept {:.0} % of its alone rate beside the rpc load",
+            100.0 * bulk_beside / bulk_alone.max(1e-9)
         )),
     })
 }
 
-/// `idle`: open `n` streams, one byte each so both ends know, hold them all.
+/// hol's figures, in SCENARIOS.md's order: p99 alone and beside bulk (µs), their ratio,
+/// and the bulk stream's MB/s alone and beside the rpc load.
+pub fn hol_figures(
+    p99_alone: f64,
+    p99_beside: f64,
+    bulk_alone: f64,
+    bulk_beside: f64,
+) -> Vec<(&'static str, f64)> {
+    vec![
+        ("p99_alone_us", p99_alone),
+        ("p99_beside_us", p99_beside),
+        ("p99_ratio", p99_beside / p99_alone.max(1.0)),
+        ("bulk_alone_mb_per_s", bulk_alone),
+        ("bulk_beside_mb_per_s", bulk_beside),
+    ]
+}
+
+/// `idle`: open `n` streams, one byte each way so both ends know, hold them all.
+/// `workers` openers and as many acceptors run concurrently, so the time to open
+/// (`open_s`) measures the system, not one task answering streams one by one.
 pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io::Result<Outcome> {
     let Pair {
         dialer,
-        mut acceptor,
+        acceptor,
         _keep,
     } = pair;
     pb.set_length(n as u64);
     let rss0 = rss_bytes();
     let start = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = tokio::spawn(async move {
-        let mut held = Vec::with_capacity(n);
-        let mut err = None;
-        for _ in 0..n {
-            match acceptor.accept().await {
-                Ok(mut s) => {
+    // Set when an opener fails (the system's limit): the others stop, and an attempt
+    // still waiting (e.g. for an echo from an acceptor that hit the same limit) is
+    // abandoned instead of waiting forever.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    // The acceptors take turns at the one accept queue, then answer concurrently.
+    let acceptor = Arc::new(tokio::sync::Mutex::new(acceptor));
+    let claimed = Arc::new(AtomicU64::new(0));
+    // One Vec of exactly n handles, as a single acceptor held them (per-task Vecs
+    // would add their growth garbage to the RSS figure).
+    let server_held = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+    let mut acceptors = Vec::with_capacity(workers.max(1));
+    for _ in 0..workers.max(1) {
+        let (acceptor, claimed) = (acceptor.clone(), claimed.clone());
+        let held = server_held.clone();
+        acceptors.push(tokio::spawn(async move {
+            while claimed.fetch_add(1, Ordering::Relaxed) < n as u64 {
+                let r = async {
+                    let mut s = acceptor.lock().await.accept().await?;
                     // One byte each way: both ends know the stream (and yamux, which
                     // acknowledges a stream only when its acceptor sends, does not
                     // stall the opener after 256 streams).
                     let mut b = [0u8; 1];
-                    let r = async {
-                        s.read_exact(&mut b).await?;
-                        s.write_all(&b).await?;
-                        s.flush().await
-                    }
-                    .await;
-                    if let Err(e) = r {
-                        err = Some(e);
-                        break;
-                    }
-                    held.push(s);
+                    s.read_exact(&mut b).await?;
+                    s.write_all(&b).await?;
+                    s.flush().await?;
+                    Ok::<_, io::Error>(s)
                 }
-                Err(e) => {
-                    err = Some(e);
-                    break;
+                .await;
+                match r {
+                    Ok(s) => held.lock().unwrap_or_else(|e| e.into_inner()).push(s),
+                    Err(e) => return Some(e),
                 }
             }
-        }
-        (held, err)
-    });
+            None
+        }));
+    }
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..workers {
         let dialer = dialer.clone();
         let next = next.clone();
-        let stop = stop.clone();
+        let (mut stop, stop_tx) = (stop.clone(), stop_tx.clone());
         let pb = pb.clone();
         tasks.push(tokio::spawn(async move {
             let mut held = Vec::new();
-            while !stop.load(Ordering::Relaxed) && next.fetch_add(1, Ordering::Relaxed) < n as u64 {
-                let r = async {
+            while !*stop.borrow() && next.fetch_add(1, Ordering::Relaxed) < n as u64 {
+                let attempt = async {
                     let mut s = dialer.open().await?;
                     s.write_all(b"1").await?;
                     s.flush().await?;
                     let mut b = [0u8; 1];
                     s.read_exact(&mut b).await?;
                     Ok::<_, io::Error>(s)
-                }
-                .await;
+                };
+                let r = tokio::select! {
+                    r = attempt => r,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
                 match r {
                     Ok(s) => {
                         held.push(s);
                         pb.inc(1);
                     }
                     Err(e) => {
-                        stop.store(true, Ordering::Relaxed);
+                        let _ = stop_tx.send(true);
                         return (held, Some(e));
                     }
                 }
@@ -482,18 +532,38 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
             first_err = e;
         }
     }
+    // When an opener failed, the limit is reached: the grace period the acceptors get
+    // below is no part of the time to open.
+    let clients_done = start.elapsed().as_secs_f64();
     let reached = client_held.len();
-    let (server_held, server_err) = if first_err.is_some() {
-        // The server may wait for streams that will never come: give it a moment to
-        // report its own error (often the real limit), then stop it.
-        match tokio::time::timeout(Duration::from_secs(2), server).await {
-            Ok(r) => r.map_err(io::Error::other)?,
-            Err(_) => (Vec::new(), None),
+    // When an opener failed, acceptors may wait for streams that will never come:
+    // give them a moment to report their own error (often the real limit), then stop
+    // them.
+    let deadline = first_err
+        .is_some()
+        .then(|| tokio::time::Instant::now() + Duration::from_secs(2));
+    let mut server_err = None;
+    for mut t in acceptors {
+        let r = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, &mut t).await {
+                Ok(r) => r,
+                Err(_) => {
+                    t.abort();
+                    continue;
+                }
+            },
+            None => t.await,
+        };
+        let e = r.map_err(io::Error::other)?;
+        if server_err.is_none() {
+            server_err = e;
         }
+    }
+    let open_s = if first_err.is_some() {
+        clients_done
     } else {
-        server.await.map_err(io::Error::other)?
+        start.elapsed().as_secs_f64()
     };
-    let open_s = start.elapsed().as_secs_f64();
     let rss1 = rss_bytes();
     // The server's error is the cause when it stopped first (e.g. out of descriptors).
     let note = server_err
@@ -513,7 +583,7 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
     })
 }
 
-fn limit_hint(e: &io::Error) -> String {
+pub(crate) fn limit_hint(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::EMFILE) => {
             let mut r = libc::rlimit {

@@ -246,7 +246,10 @@ pub async fn http(
                 .map_err(io::Error::other)?;
             http_load(connector, uri, n, run_for, pb).await
         }
-        System::YamuxRs => Err(io::Error::other("http does not apply to yamux-rs")),
+        System::YamuxRs | System::TcpGlommio => Err(io::Error::other(format!(
+            "http does not apply to {}",
+            sys.name()
+        ))),
     }
 }
 
@@ -428,6 +431,9 @@ pub async fn grpc(
                 .map_err(io::Error::other)?;
             grpc_load(channel, n, run_for, pb).await
         }
-        System::YamuxRs => Err(io::Error::other("grpc does not apply to yamux-rs")),
+        System::YamuxRs | System::TcpGlommio => Err(io::Error::other(format!(
+            "grpc does not apply to {}",
+            sys.name()
+        ))),
     }
 }
