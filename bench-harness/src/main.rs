@@ -254,11 +254,13 @@ fn run_local(cli: &Cli, sys: System, n_idle: usize) -> std::io::Result<Outcome> 
             limit,
         ),
         Scenario::Idle => ls::idle(s, n_idle, cli.concurrency.unwrap_or(64), limit),
-        Scenario::Relay | Scenario::Http | Scenario::Grpc => Err(std::io::Error::other(format!(
-            "{} does not run on {}",
-            cli.scenario.name(),
-            sys.name()
-        ))),
+        Scenario::Relay | Scenario::Http | Scenario::Grpc | Scenario::Join => {
+            Err(std::io::Error::other(format!(
+                "{} does not run on {}",
+                cli.scenario.name(),
+                sys.name()
+            )))
+        }
     }
 }
 
