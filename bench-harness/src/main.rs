@@ -76,6 +76,9 @@ pub enum SystemSel {
     /// Plain TCP with client and server tasks on glommio executors (thread per core).
     #[value(name = "tcp-glommio")]
     TcpGlommio,
+    /// astranet's shard-local API: the scenarios run as tasks on the nodes' shards.
+    #[value(name = "astranet-local")]
+    AstranetLocal,
     #[value(name = "yamux-rs")]
     YamuxRs,
     All,
@@ -86,8 +89,9 @@ pub enum System {
     Astranet,
     Tcp,
     /// Thread per core: the scenarios run on the system's executors (`local`).
-    /// `astranet-local` (the shard-local API) joins here once it exists.
     TcpGlommio,
+    /// The same, on astranet's shard-local API (`Node::spawn_on`).
+    AstranetLocal,
     YamuxRs,
 }
 
@@ -97,6 +101,7 @@ impl System {
             System::Astranet => "astranet",
             System::Tcp => "tcp",
             System::TcpGlommio => "tcp-glommio",
+            System::AstranetLocal => "astranet-local",
             System::YamuxRs => "yamux-rs",
         }
     }
@@ -206,8 +211,8 @@ async fn make_pair(sys: System, o: &SysOpts) -> std::io::Result<Pair> {
         }
         System::Tcp => sys::tcp_sys::pair().await,
         System::YamuxRs => sys::yamux_sys::pair(o).await,
-        System::TcpGlommio => Err(std::io::Error::other(
-            "tcp-glommio runs its scenarios on its own executors (run_local)",
+        System::TcpGlommio | System::AstranetLocal => Err(std::io::Error::other(
+            "thread-per-core systems run their scenarios on their own executors (run_local)",
         )),
     }
 }
@@ -227,6 +232,11 @@ fn run_local(cli: &Cli, sys: System, n_idle: usize) -> std::io::Result<Outcome> 
     let limit = run_limit(cli.scenario);
     let s: Box<dyn local::LocalSys> = match sys {
         System::TcpGlommio => Box::new(local::tcp_glommio::TcpGlommio::new(cli.shards)?),
+        System::AstranetLocal => Box::new(local::astranet_local::AstranetLocal::new(&SysOpts {
+            tls: cli.tls,
+            shards: cli.shards,
+            max_streams: n_idle.max(cli.streams.unwrap_or(0)),
+        })?),
         _ => unreachable!("{} is not thread-per-core", sys.name()),
     };
     let s = &*s;
@@ -266,7 +276,7 @@ fn run_local(cli: &Cli, sys: System, n_idle: usize) -> std::io::Result<Outcome> 
 
 /// One run of one scenario on one system, in this process.
 fn run_once(cli: &Cli, sys: System, n_idle: usize, pb: &ProgressBar) -> std::io::Result<Outcome> {
-    if sys == System::TcpGlommio {
+    if matches!(sys, System::TcpGlommio | System::AstranetLocal) {
         return run_local(cli, sys, n_idle);
     }
     let rt = runtime();
@@ -459,14 +469,19 @@ fn main() {
         std::process::exit(2);
     }
     let web = matches!(cli.scenario, Scenario::Http | Scenario::Grpc);
-    if web && matches!(cli.system, SystemSel::YamuxRs | SystemSel::TcpGlommio) {
+    if web
+        && matches!(
+            cli.system,
+            SystemSel::YamuxRs | SystemSel::TcpGlommio | SystemSel::AstranetLocal
+        )
+    {
         eprintln!(
             "{} compares astranet with plain tcp (tokio) only; it does not apply to {}",
             cli.scenario.name(),
-            if cli.system == SystemSel::YamuxRs {
-                "yamux-rs"
-            } else {
-                "tcp-glommio (hyper and tonic run on tokio here)"
+            match cli.system {
+                SystemSel::YamuxRs => "yamux-rs",
+                SystemSel::TcpGlommio => "tcp-glommio (hyper and tonic run on tokio here)",
+                _ => "astranet-local (hyper and tonic run on tokio here)",
             }
         );
         std::process::exit(2);
@@ -476,6 +491,7 @@ fn main() {
         SystemSel::All if web => vec![System::Astranet, System::Tcp],
         SystemSel::All => vec![
             System::Astranet,
+            System::AstranetLocal,
             System::Tcp,
             System::TcpGlommio,
             System::YamuxRs,
@@ -483,6 +499,7 @@ fn main() {
         SystemSel::Astranet => vec![System::Astranet],
         SystemSel::Tcp => vec![System::Tcp],
         SystemSel::TcpGlommio => vec![System::TcpGlommio],
+        SystemSel::AstranetLocal => vec![System::AstranetLocal],
         SystemSel::YamuxRs => vec![System::YamuxRs],
     };
     if cli.child {

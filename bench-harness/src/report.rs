@@ -194,6 +194,19 @@ pub fn human(sc: Scenario, results: &[SystemResult], runs: usize, shards: usize)
                 }
             }
         }
+        // The shard-local API against plain TCP on the same runtime.
+        if let (Some(a), Some(b)) = (get(System::AstranetLocal), get(System::TcpGlommio)) {
+            let _ = writeln!(
+                out,
+                "astranet-local / tcp-glommio {key}: {:.2}x ({})",
+                a / b,
+                if higher {
+                    "higher is better"
+                } else {
+                    "lower is better"
+                }
+            );
+        }
         for r in &group {
             for o in &r.runs {
                 if let Some(n) = &o.note {

@@ -246,10 +246,9 @@ pub async fn http(
                 .map_err(io::Error::other)?;
             http_load(connector, uri, n, run_for, pb).await
         }
-        System::YamuxRs | System::TcpGlommio => Err(io::Error::other(format!(
-            "http does not apply to {}",
-            sys.name()
-        ))),
+        System::YamuxRs | System::TcpGlommio | System::AstranetLocal => Err(io::Error::other(
+            format!("http does not apply to {}", sys.name()),
+        )),
     }
 }
 
@@ -431,9 +430,8 @@ pub async fn grpc(
                 .map_err(io::Error::other)?;
             grpc_load(channel, n, run_for, pb).await
         }
-        System::YamuxRs | System::TcpGlommio => Err(io::Error::other(format!(
-            "grpc does not apply to {}",
-            sys.name()
-        ))),
+        System::YamuxRs | System::TcpGlommio | System::AstranetLocal => Err(io::Error::other(
+            format!("grpc does not apply to {}", sys.name()),
+        )),
     }
 }

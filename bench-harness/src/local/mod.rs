@@ -3,12 +3,12 @@
 //! (`!Send`), so no byte crosses a thread the system did not choose.
 //!
 //! `tcp-glommio` ([`tcp_glommio`]) is plain TCP this way: the ceiling of the runtime
-//! astranet's shards run on. `astranet-local` (issue 9's shard-local API, not built
-//! yet) is meant to be the second implementation of [`LocalSys`]: its client executors
-//! are the client node's shards and its server executors the server node's, jobs run
-//! through the node's `spawn_on(shard, ..)`, and its dialer and acceptor are the
-//! shard-local stream and listener types. Nothing here fakes it.
+//! astranet's shards run on. `astranet-local` ([`astranet_local`]) is astranet's
+//! shard-local API: its client executors are the client node's shards and its server
+//! executors the server node's, jobs run through `Node::spawn_on`, and its dialer and
+//! acceptor are `astranet::local`'s stream and listener.
 
+pub mod astranet_local;
 pub mod scenarios;
 pub mod tcp_glommio;
 
