@@ -203,6 +203,24 @@ impl NodeBuilder {
         self
     }
 
+    /// Chooses plaintext links to other hosts. Without TLS ([`NodeBuilder::tls`]) a
+    /// node listens on and joins only loopback addresses unless this is set: on a
+    /// network, plaintext lets anyone who reaches a listen port join the mesh, claim
+    /// any id and read what crosses it.
+    ///
+    /// ```
+    /// let node = astranet::Node::builder().shards(1).build()?;
+    /// let e = node.listen("0.0.0.0:0").unwrap_err();
+    /// assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+    /// let open = astranet::Node::builder().shards(1).plaintext().build()?;
+    /// open.listen("0.0.0.0:0")?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn plaintext(mut self) -> Self {
+        self.cfg.plaintext = true;
+        self
+    }
+
     /// How long `dial` waits for an unknown service to appear, and for the peer to
     /// accept. Default 10 s.
     pub fn dial_timeout(mut self, d: Duration) -> Self {

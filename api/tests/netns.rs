@@ -131,7 +131,8 @@ fn across_namespaces(tls: bool) {
         if tls {
             tls_flags(&ca, &dir, host)
         } else {
-            Vec::new()
+            // Plaintext beyond loopback must be chosen explicitly.
+            vec!["--plaintext".to_string()]
         }
     };
     let with = |args: &[&str], host: &str| -> Vec<String> {

@@ -5,6 +5,7 @@
 //! astranet-node [--listen ADDR]... [--join ADDR]... [--serve NAME]
 //!               [--dial NAME --bytes N] [--expect-hops H] [--timeout SECS]
 //!               [--tls-ca FILE | --tls-pinned FILE...] [--tls-cert FILE --tls-key FILE]
+//!               [--plaintext]
 //! ```
 //! With the TLS flags, every link runs TLS 1.3, mutually authenticated; SIGHUP
 //! re-reads the TLS files (new links use them, links up are unaffected).
@@ -74,6 +75,9 @@ fn run(a: Args) -> io::Result<()> {
         .join_timeout(timeout);
     if let Some(t) = a.tls.load()? {
         b = b.tls(t);
+    }
+    if a.tls.plaintext {
+        b = b.plaintext();
     }
     let node = b.build()?;
     for l in &a.listen {

@@ -138,6 +138,9 @@ pub struct NodeConfig {
     /// TLS 1.3 on every link, mutually authenticated (None: plaintext). The node's id
     /// is then the one its certificate names.
     pub tls: Option<super::TlsConfig>,
+    /// Plaintext links to other hosts were chosen explicitly. Without TLS and without
+    /// this, `listen` and `join` accept only loopback addresses (demos, tests).
+    pub plaintext: bool,
 }
 
 impl Default for NodeConfig {
@@ -155,6 +158,7 @@ impl Default for NodeConfig {
             direct_upgrade: true,
             announce_auth: None,
             tls: None,
+            plaintext: false,
         }
     }
 }

@@ -384,6 +384,26 @@ impl NodeCore {
         &self.shared.cfg.env
     }
 
+    /// Plaintext beyond loopback only when chosen: a node without TLS that was not
+    /// told `plaintext` refuses to listen on or join a non-loopback address.
+    fn check_plaintext(&self, what: &str, addr: &str) -> io::Result<()> {
+        let cfg = &self.shared.cfg;
+        if cfg.tls.is_some() || cfg.plaintext {
+            return Ok(());
+        }
+        use std::net::ToSocketAddrs;
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        if !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()) {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing to {what} {addr} in plaintext: anyone on the network could join, read and spoof this mesh; configure TLS (NodeBuilder::tls, --tls-*) or choose plaintext explicitly (NodeBuilder::plaintext, --plaintext)"
+            ),
+        ))
+    }
+
     fn check_running(&self) -> io::Result<()> {
         if self.shared.stopped.load(Ordering::SeqCst) {
             Err(node_gone())
@@ -395,6 +415,7 @@ impl NodeCore {
     /// Listens for links on a TCP address; returns the address actually bound.
     pub fn listen(&self, addr: &str) -> io::Result<SocketAddr> {
         self.check_running()?;
+        self.check_plaintext("listen on", addr)?;
         let l = std::net::TcpListener::bind(addr)?;
         let bound = l.local_addr()?;
         // Advertise where we can be joined (not an unspecified address: peers could not
@@ -445,6 +466,7 @@ impl NodeCore {
     /// returns once the link is up. If the link dies later it is re-established.
     pub fn join(&self, addr: &str) -> io::Result<NodeId> {
         self.check_running()?;
+        self.check_plaintext("join", addr)?;
         let deadline = Instant::now() + self.shared.cfg.join_timeout;
         let mut delay = Duration::from_millis(20);
         loop {

@@ -41,6 +41,10 @@ pub struct TlsArgs {
     /// TLS 1.3 and accept only these peers. Needs --tls-cert and --tls-key.
     #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
     pub tls_pinned: Vec<std::path::PathBuf>,
+    /// Run plaintext links to other hosts (without TLS flags, only loopback addresses
+    /// are allowed): anyone who reaches the node can then join the mesh and read it.
+    #[arg(long, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key", "tls_pinned"])]
+    pub plaintext: bool,
 }
 
 impl TlsArgs {
@@ -133,6 +137,9 @@ pub fn start(m: &MeshArgs, role: Role, id: Option<NodeId>, listen: &[String]) ->
     }
     if let Some(t) = m.tls.load()? {
         b = b.tls(t);
+    }
+    if m.tls.plaintext {
+        b = b.plaintext();
     }
     let node = b.build()?;
     for l in listen {
