@@ -6,10 +6,8 @@ mod common;
 use astranet::certs::{self, CertPair, DevCa};
 use astranet::{Limits, Node, NodeId, TlsConfig};
 use astranet_engine::proto::frame::{self, Frame, Hello};
-use common::eventually;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use common::tls::{ca_config, der, raw_tls};
+use common::{echo, eventually, roundtrip};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,15 +23,6 @@ fn builder() -> astranet::NodeBuilder {
 
 fn tls_node(cfg: TlsConfig) -> Node {
     builder().tls(cfg).build().expect("node")
-}
-
-fn ca_config(ca: &DevCa, c: &CertPair) -> TlsConfig {
-    TlsConfig::ca(
-        ca.cert_pem().as_bytes(),
-        c.cert_pem.as_bytes(),
-        c.key_pem.as_bytes(),
-    )
-    .expect("tls config")
 }
 
 fn pinned(me: &CertPair, peers: &[&CertPair]) -> TlsConfig {
@@ -58,77 +47,6 @@ fn assert_refused(r: io::Result<()>, needle: &str) {
 
 fn refused_links(n: &Node) -> u64 {
     n.stats().map_or(0, |s| s.refused_links)
-}
-
-fn der(pem: &str) -> CertificateDer<'static> {
-    CertificateDer::from_pem_slice(pem.as_bytes()).expect("certificate")
-}
-
-// ------------------------------------------------------------ a raw TLS client
-
-/// Accepts any server certificate: the raw client plays a peer that does not care
-/// whom it talks to, to see what the node does with what it presents.
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-type RawTls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-/// A TLS client presenting `me`, handshake done.
-fn raw_tls(addr: &str, me: &CertPair) -> io::Result<RawTls> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(io::Error::other)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_client_auth_cert(
-            vec![der(&me.cert_pem)],
-            PrivateKeyDer::from_pem_slice(me.key_pem.as_bytes()).map_err(io::Error::other)?,
-        )
-        .map_err(io::Error::other)?;
-    cfg.alpn_protocols = vec![b"astranet/1".to_vec()];
-    let sock = TcpStream::connect(addr)?;
-    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
-    sock.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(io::Error::other)?;
-    let mut s = rustls::StreamOwned::new(conn, sock);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock)?;
-    }
-    Ok(s)
 }
 
 /// Preamble + HELLO claiming `id`.
@@ -258,36 +176,6 @@ impl Drop for Tap {
         // Wake the accept loop so it sees `stop`.
         let _ = TcpStream::connect(&self.addr);
     }
-}
-
-/// Serves echo on `l` until the listener closes: one thread per stream (tests open few).
-fn echo(l: astranet::Listener) {
-    std::thread::spawn(move || {
-        while let Ok(mut s) = l.accept() {
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown_write();
-            });
-        }
-    });
-}
-
-#[track_caller]
-fn roundtrip(s: &mut astranet::Stream, msg: &[u8]) {
-    s.write_all(msg).unwrap();
-    let mut back = vec![0u8; msg.len()];
-    s.read_exact(&mut back).unwrap();
-    assert_eq!(back, msg);
 }
 
 // ------------------------------------------------------------ refusals

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod tls;
 
 use astranet::Node;
 use std::io::{Read, Write};
@@ -114,6 +115,36 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Serves echo on `l` until the listener closes: one thread per stream (tests open few).
+pub fn echo(l: astranet::Listener) {
+    std::thread::spawn(move || {
+        while let Ok(mut s) = l.accept() {
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown_write();
+            });
+        }
+    });
+}
+
+#[track_caller]
+pub fn roundtrip(s: &mut astranet::Stream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, msg);
 }
 
 /// A TCP proxy in front of `target`. `kill()` resets both sides; `freeze()` stops

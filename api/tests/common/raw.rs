@@ -31,6 +31,8 @@ pub struct RawOpts {
     pub write_timeout: Duration,
     /// Accept the victim's OPENs (WINDOW with ACK) instead of refusing them.
     pub accept_opens: bool,
+    /// Keep the SERVICES updates the victim sends in [`Seen::services`].
+    pub record_services: bool,
 }
 
 impl RawOpts {
@@ -45,6 +47,7 @@ impl RawOpts {
             keepalive_timeout_ms: 30_000,
             write_timeout: Duration::from_secs(10),
             accept_opens: false,
+            record_services: false,
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct Seen {
     pub resets: Vec<(u64, ErrorCode)>,
     pub goaways: Vec<ErrorCode>,
     pub ping_acks: HashSet<u64>,
+    /// The victim's SERVICES updates, if [`RawOpts::record_services`].
+    pub services: Vec<ServicesUpdate>,
     pub pings: u64,
     /// When the byte stream ended (EOF, reset or undecodable bytes).
     pub eof: Option<Instant>,
@@ -117,6 +122,7 @@ pub struct RawPeer {
     reader: Option<JoinHandle<()>>,
     next_ping: AtomicU64,
     accept_opens: bool,
+    record_services: bool,
 }
 
 impl RawPeer {
@@ -191,6 +197,7 @@ impl RawPeer {
             reader: None,
             next_ping: AtomicU64::new(1 << 63),
             accept_opens: opts.accept_opens,
+            record_services: opts.record_services,
         })
     }
 
@@ -203,6 +210,7 @@ impl RawPeer {
         let log = self.log.clone();
         let mut buf = self.leftover.take().unwrap_or_default();
         let accept_opens = self.accept_opens;
+        let record_services = self.record_services;
         self.reader = Some(
             std::thread::Builder::new()
                 .name("raw-reader".into())
@@ -236,6 +244,9 @@ impl RawPeer {
                                             }
                                             Frame::Reset { id, code } => s.resets.push((id, code)),
                                             Frame::GoAway { code, .. } => s.goaways.push(code),
+                                            Frame::Services(u) if record_services => {
+                                                s.services.push(u)
+                                            }
                                             Frame::Ping { ack: true, opaque } => {
                                                 s.ping_acks.insert(opaque);
                                             }
