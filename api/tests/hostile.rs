@@ -1228,3 +1228,61 @@ fn rapid_reset_within_budget_leaks_no_streams() {
         v.shutdown();
     });
 }
+
+/// Relayed OPENs whose next hop refuses them, each followed by DATA before the relay
+/// heard back: the bytes the relay took for the inbound stream in the meantime must go
+/// with the refusal (they used to stay in a mailbox nobody would ever read, forever).
+#[test]
+fn refused_relayed_opens_with_early_data_leave_no_mailboxes() {
+    let _g = serial();
+    watchdog("refused_relayed_leak", Duration::from_secs(60), || {
+        let (v, addr) = victim(Limits {
+            max_reset_streams: u32::MAX,
+            ..Limits::default()
+        });
+        let far = builder().build().expect("far node");
+        far.join(&addr).expect("join");
+        assert!(eventually(Duration::from_secs(5), || route_to(
+            &v,
+            far.id()
+        )
+        .is_some()));
+        let mut a = RawPeer::connect(&addr, RawOpts::new(attacker_id(&v, 21))).unwrap();
+        a.start_reader(true);
+        let base = stats(&v).mailboxes;
+        const N: usize = 64;
+        for _ in 0..N {
+            let id = a.next_id();
+            let mut header = open_header(a.id, "");
+            header.dst_node = far.id().0;
+            // Nobody listens there: the far node refuses.
+            header.dst_port = 4242;
+            a.send_all(&[
+                Frame::Open {
+                    id,
+                    fin: false,
+                    header,
+                    data: bytes::Bytes::new(),
+                },
+                Frame::Data {
+                    id,
+                    fin: false,
+                    data: bytes::Bytes::from(vec![7u8; 32 * 1024]),
+                },
+            ])
+            .unwrap();
+        }
+        assert!(
+            a.log.wait(Duration::from_secs(10), |s| s.resets.len() >= N),
+            "the relayed opens were not all refused"
+        );
+        assert!(
+            eventually(Duration::from_secs(3), || stats(&v).mailboxes <= base),
+            "mailboxes leaked: {} (baseline {base})",
+            stats(&v).mailboxes
+        );
+        a.close();
+        far.shutdown();
+        v.shutdown();
+    });
+}

@@ -475,3 +475,41 @@ fn reset_codes_cross_a_relay_unchanged() {
         .map(|r| r.0);
     assert_eq!(code, Some(ErrorCode::FLOW_CONTROL), "{e}");
 }
+
+/// A relayed stream half-closed by the dialer at once still carries 12 MiB the other
+/// way, intact, and ends with end of stream on both sides (on one shard the relay
+/// splices: the FIN crosses while the other direction keeps moving).
+#[test]
+fn half_closed_relay_carries_megabytes_the_other_way() {
+    let a = node();
+    let b = node();
+    let c = node();
+    let addr = b.listen("127.0.0.1:0").unwrap();
+    a.join(&addr.to_string()).unwrap();
+    c.join(&addr.to_string()).unwrap();
+    let l = c.bind("talker").unwrap();
+    assert!(eventually(Duration::from_secs(5), || sees_service(
+        &a, "talker"
+    )));
+    let data = pattern(3, 12 << 20);
+    let sent = data.clone();
+    let srv = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut s = l.accept()?;
+        let mut req = Vec::new();
+        s.read_to_end(&mut req)?;
+        assert_eq!(req, b"go");
+        s.write_all(&sent)?;
+        s.shutdown_write()
+    });
+    let mut s = a.dial("talker").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"go").unwrap();
+    s.shutdown_write().unwrap();
+    let mut got = Vec::with_capacity(data.len());
+    s.read_to_end(&mut got).unwrap();
+    assert!(got == data, "{} bytes back, {} sent", got.len(), data.len());
+    srv.join().unwrap().unwrap();
+    assert!(eventually(Duration::from_secs(3), || b
+        .stats()
+        .is_ok_and(|s| s.relaying == 0)));
+}

@@ -38,6 +38,8 @@ pub struct NodeStats {
     pub handshaking: usize,
     /// Streams holding state, on every link (the loopback pair included).
     pub streams: usize,
+    /// Streams with a mailbox attached now (busy streams; an idle one holds none).
+    pub mailboxes: usize,
     /// Remote origins whose services this node holds.
     pub origins: usize,
     /// Remote service entries held (all envs, address records included).
@@ -102,6 +104,7 @@ impl NodeStats {
         self.links += s.links;
         self.handshaking += s.handshaking;
         self.streams += s.streams;
+        self.mailboxes += s.mailboxes;
         self.origins += s.origins;
         self.service_entries += s.service_entries;
         self.routes += s.routes;
@@ -372,6 +375,12 @@ impl NodeCore {
         // The node's link to itself, so it can dial its own services.
         shared.push(0, Cmd::AddLoopback { a: 1, b: 2 });
         Ok(NodeCore { shared })
+    }
+
+    /// What the node's shards and handles share (for the engine's own tests).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<NodeShared> {
+        &self.shared
     }
 
     /// This node's id.
@@ -818,6 +827,11 @@ async fn run_shard(idx: u32, node: Arc<NodeShared>) {
         if shard.is_stopped() {
             shard.fail_all_mail();
             return;
+        }
+        if shard.take_retried() {
+            // A user thread holds a mailbox lock: let the links' tasks run before the
+            // queued retry looks again, rather than spin on it.
+            futures_lite::future::yield_now().await;
         }
     }
 }

@@ -39,6 +39,12 @@ impl<T> Inbox<T> {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// Commands queued now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Takes whatever is queued (after [`Inbox::close`]).
     pub(crate) fn drain_all(&self) -> Vec<T> {
         let mut out = Vec::new();

@@ -61,6 +61,9 @@ pub(crate) const WERR: u32 = 1 << 22;
 pub(crate) const ATTACHED: u32 = 1 << 23;
 /// The shard handed the FIN to the core.
 pub(crate) const FIN_DONE: u32 = 1 << 24;
+/// A `Cmd::Service` for this mailbox is queued: the shard found a side locked and
+/// looks again on its next turn (once, however many times it found it locked).
+pub(crate) const RETRY: u32 = 1 << 25;
 
 /// Received bytes waiting for readers.
 #[derive(Default)]

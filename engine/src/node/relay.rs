@@ -208,6 +208,10 @@ impl Shard {
             let ok = st
                 .link_mut(key.link)
                 .is_some_and(|slot| slot.core.accept(key.id).is_ok());
+            if !ok {
+                // No handle will ever read what a mailbox took for it meanwhile.
+                self.detach_mail(&mut st, key);
+            }
             st.dirty.push(key.link);
             ok
         };
@@ -247,6 +251,9 @@ impl Shard {
             if let Some(slot) = st.link_mut(key.link) {
                 slot.core.refuse(key.id, code);
             }
+            // Bytes the opener sent while we dialed were taken into a mailbox (its
+            // `Readable`); no handle will ever read them: they go with the stream.
+            self.detach_mail(&mut st, key);
             st.dirty.push(key.link);
         }
         self.flush();

@@ -221,6 +221,8 @@ pub(crate) struct Shard {
     control: Option<RefCell<Control>>,
     /// Wakers taken out of mailboxes, woken once their lock is released.
     wake_buf: RefCell<Vec<Waker>>,
+    /// A mailbox was found locked by a user thread (see `streams.rs`, `retry`).
+    retried: std::cell::Cell<bool>,
 }
 
 impl Shard {
@@ -235,6 +237,7 @@ impl Shard {
             listeners: RefCell::new(Table::default()),
             control,
             wake_buf: RefCell::default(),
+            retried: std::cell::Cell::new(false),
         }
     }
 
@@ -259,6 +262,7 @@ impl Shard {
                 self.service(&mut st, &mb);
             }
             Cmd::Service(mb) => {
+                mb.clear(super::mailbox::RETRY);
                 let mut st = self.st.borrow_mut();
                 self.service(&mut st, &mb);
                 self.wake_everyone(&mb);
@@ -341,6 +345,7 @@ impl Shard {
             relayed_streams: t.relayed_streams,
             relayed_bytes: self.relayed_bytes.get(),
             refused_links: t.refused_links,
+            mailboxes: st.mail.len(),
             ..NodeStats::default()
         };
         for slot in st.links.values() {

@@ -8,7 +8,8 @@
 
 use super::super::errors::{link_error, node_gone, stream_error};
 use super::super::mailbox::{
-    lock, wake_all, Mailbox, ATTACHED, DETACHED, EOF, FIN_DONE, NOTIFY, RERR, SHUT, TOUCHED, WERR,
+    lock, wake_all, Mailbox, ATTACHED, DETACHED, EOF, FIN_DONE, NOTIFY, RERR, RETRY, SHUT, TOUCHED,
+    WERR,
 };
 use super::super::{Cmd, StreamKey};
 use super::{Shard, State};
@@ -30,8 +31,20 @@ pub(super) fn link_gone(st: &State, link: super::LinkId) -> io::Error {
 
 impl Shard {
     /// A user thread holds one of the mailbox's locks: look again on the next turn.
+    /// One retry is queued per mailbox however often its locks were found taken (one
+    /// `Cmd::Service` used to queue two more while the lock stayed held), and the
+    /// shard yields to its other tasks before it looks again (`run_shard`), so a user
+    /// thread descheduled inside its critical section costs the shard no busy loop.
     fn retry(&self, mb: &Arc<Mailbox>) {
-        self.node.push(self.idx, Cmd::Service(mb.clone()));
+        self.retried.set(true);
+        if mb.set(RETRY) & RETRY == 0 {
+            self.node.push(self.idx, Cmd::Service(mb.clone()));
+        }
+    }
+
+    /// Whether a retry was queued since the last call.
+    pub(crate) fn take_retried(&self) -> bool {
+        self.retried.replace(false)
     }
 
     fn is_current(st: &State, mb: &Arc<Mailbox>) -> bool {
@@ -62,7 +75,7 @@ impl Shard {
     }
 
     /// Removes the stream's mailbox, if any: handles that look find none.
-    pub(super) fn detach_mail(&self, st: &mut State, key: StreamKey) -> Option<Arc<Mailbox>> {
+    pub(crate) fn detach_mail(&self, st: &mut State, key: StreamKey) -> Option<Arc<Mailbox>> {
         let mb = st.mail.remove(&key)?;
         mb.set(DETACHED);
         self.node.mail[self.idx as usize].pin().remove(&key);
@@ -400,4 +413,57 @@ fn idle(mb: &Mailbox, s: u32) -> Idle {
         return Idle::Report;
     }
     Idle::Yes
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::node::{block_on_until, NodeConfig, NodeCore};
+    use std::task::{Context, Waker};
+    use std::time::{Duration, Instant};
+
+    /// A user thread that holds a mailbox lock (say, descheduled inside its critical
+    /// section) makes the shard queue one retry for that mailbox, not a pile that
+    /// grows for as long as the lock is held.
+    #[test]
+    fn a_held_mailbox_lock_queues_one_retry() {
+        let node = NodeCore::start(NodeConfig {
+            shards: 1,
+            ..NodeConfig::default()
+        })
+        .unwrap();
+        let l = node.bind("svc").unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        let until = Some(end);
+        let mut dialed = node.dial("svc", end).unwrap();
+        let c = block_on_until(&mut dialed, until)
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let mut acc = Box::pin(l.queue().recv());
+        let s = block_on_until(&mut acc, until).unwrap().unwrap().stream;
+        let shared = node.shared().clone();
+        let mb = shared.mail[0]
+            .pin()
+            .get(&s.key())
+            .cloned()
+            .expect("a mailbox");
+        let held = mb.recv.lock().unwrap();
+        // Bytes arrive for the held mailbox: the shard finds its lock taken.
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(c.poll_write(&mut cx, b"hello").is_ready());
+        let mut most = 0;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(300) {
+            most = most.max(shared.inboxes[0].len());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(held);
+        assert!(most <= 8, "{most} commands queued while one lock was held");
+        let mut buf = [0u8; 5];
+        let mut read = std::future::poll_fn(|cx| s.poll_read(cx, &mut buf));
+        assert_eq!(block_on_until(&mut read, until).unwrap().unwrap(), 5);
+        drop(read);
+        assert_eq!(&buf, b"hello");
+        node.shutdown();
+    }
 }
