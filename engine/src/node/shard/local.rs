@@ -159,9 +159,10 @@ impl LocalShard {
         Ok(self.adopt(s))
     }
 
-    /// A stream handle made elsewhere (a listener's queue, another thread): local if
-    /// its link lives on this shard.
-    pub fn adopt(&self, s: StreamRef) -> LocalDialed {
+    /// A fresh stream handle (just dialed or accepted, never used, never cloned):
+    /// local if its link lives on this shard. Not public: a handle that already
+    /// staged writes or was cloned must stay on the mailbox path.
+    pub(crate) fn adopt(&self, s: StreamRef) -> LocalDialed {
         if s.shard_index() != self.shard.idx {
             return LocalDialed::Elsewhere(s);
         }
