@@ -5,7 +5,7 @@
 //! stream whose link lives on another shard than the task's works through that
 //! shard's inbox (`LocalStream::Elsewhere`); with one shard every stream is local.
 
-use super::{Job, LocalAcceptor, LocalBox, LocalDialer, LocalSys};
+use super::{run_jobs, Job, LocalAcceptor, LocalBox, LocalDialer, LocalSys, Runners};
 use crate::sys::SysOpts;
 use astranet::local::{Local, LocalListener};
 use astranet::{Node, NodeId};
@@ -13,7 +13,7 @@ use futures::future::LocalBoxFuture;
 use std::io;
 use std::rc::Rc;
 use std::time::Duration;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::unbounded_channel;
 
 const BASE_PORT: u32 = 7100;
 
@@ -39,17 +39,8 @@ impl LocalAcceptor for Acceptor {
 
 /// The two nodes and, per shard, the channel its job runner listens on.
 pub struct AstranetLocal {
-    clients: Vec<UnboundedSender<Job<Rc<dyn LocalDialer>>>>,
-    servers: Vec<UnboundedSender<Job<Rc<dyn LocalAcceptor>>>>,
+    runners: Runners,
     _nodes: (Node, Node),
-}
-
-/// Runs jobs as they arrive, each as its own task on the shard, until the channel
-/// closes.
-async fn run_jobs<X: Clone + 'static>(ctx: X, mut rx: UnboundedReceiver<Job<X>>) {
-    while let Some(job) = rx.recv().await {
-        glommio::spawn_local(job(ctx.clone())).detach();
-    }
 }
 
 impl AstranetLocal {
@@ -65,7 +56,7 @@ impl AstranetLocal {
         let addr = server.listen("127.0.0.1:0")?;
         client.join(&addr.to_string())?;
         let sides = server.shards();
-        let mut servers = Vec::new();
+        let mut runners = Runners::default();
         for i in 0..sides {
             let (tx, rx) = unbounded_channel();
             let (ready_tx, ready) = std::sync::mpsc::channel();
@@ -85,21 +76,19 @@ impl AstranetLocal {
             ready
                 .recv_timeout(Duration::from_secs(10))
                 .map_err(|_| io::Error::other("server shard did not bind"))??;
-            servers.push(tx);
+            runners.servers.push(tx);
         }
         let server_id: NodeId = server.id();
-        let mut clients = Vec::new();
         for i in 0..sides {
             let (tx, rx) = unbounded_channel();
             let target = format!("{server_id}:{}", BASE_PORT + i as u32);
             let _runner = client.spawn_on(i, move |local| async move {
                 run_jobs(Rc::new(Dialer { local, target }) as Rc<dyn LocalDialer>, rx).await;
             })?;
-            clients.push(tx);
+            runners.clients.push(tx);
         }
         Ok(AstranetLocal {
-            clients,
-            servers,
+            runners,
             _nodes: (server, client),
         })
     }
@@ -107,22 +96,21 @@ impl AstranetLocal {
 
 impl LocalSys for AstranetLocal {
     fn sides(&self) -> usize {
-        self.clients.len()
+        self.runners.sides()
     }
 
     fn client(&self, i: usize, job: Job<Rc<dyn LocalDialer>>) {
-        let _ = self.clients[i].send(job);
+        self.runners.client(i, job)
     }
 
     fn server(&self, i: usize, job: Job<Rc<dyn LocalAcceptor>>) {
-        let _ = self.servers[i].send(job);
+        self.runners.server(i, job)
     }
 }
 
 impl Drop for AstranetLocal {
     fn drop(&mut self) {
         // Closing the channels ends the runners; the nodes shut down with `_nodes`.
-        self.clients.clear();
-        self.servers.clear();
+        self.runners.close();
     }
 }

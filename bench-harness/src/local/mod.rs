@@ -52,6 +52,44 @@ pub trait LocalSys: Send {
     fn server(&self, i: usize, job: Job<Rc<dyn LocalAcceptor>>);
 }
 
+/// The job channels of a system's executors, one per executor and side; dropping
+/// them ends the executors' job runners ([`run_jobs`]).
+#[derive(Default)]
+pub struct Runners {
+    pub clients: Vec<tokio::sync::mpsc::UnboundedSender<Job<Rc<dyn LocalDialer>>>>,
+    pub servers: Vec<tokio::sync::mpsc::UnboundedSender<Job<Rc<dyn LocalAcceptor>>>>,
+}
+
+impl Runners {
+    pub fn sides(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn client(&self, i: usize, job: Job<Rc<dyn LocalDialer>>) {
+        let _ = self.clients[i].send(job);
+    }
+
+    pub fn server(&self, i: usize, job: Job<Rc<dyn LocalAcceptor>>) {
+        let _ = self.servers[i].send(job);
+    }
+
+    pub fn close(&mut self) {
+        self.clients.clear();
+        self.servers.clear();
+    }
+}
+
+/// Runs jobs as they arrive, each as its own task on the current executor, until
+/// the channel closes.
+pub async fn run_jobs<X: Clone + 'static>(
+    ctx: X,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Job<X>>,
+) {
+    while let Some(job) = rx.recv().await {
+        glommio::spawn_local(job(ctx.clone())).detach();
+    }
+}
+
 /// Results of jobs on several executors, collected on the calling (non-executor)
 /// thread with a deadline, so a stuck system fails the run instead of hanging it.
 pub struct Results<T> {

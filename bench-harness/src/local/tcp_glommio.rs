@@ -4,14 +4,14 @@
 //! server executors; the server executors share one port (SO_REUSEPORT, the kernel
 //! spreads connections over them).
 
-use super::{Job, LocalAcceptor, LocalBox, LocalDialer, LocalSys};
+use super::{run_jobs, Job, LocalAcceptor, LocalBox, LocalDialer, LocalSys, Runners};
 use futures::future::LocalBoxFuture;
 use glommio::net::{TcpListener, TcpStream};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 /// How long one task queue runs before the executor looks at its io_uring completions
 /// again. glommio's default (100 ms) lets a stream that always has data (hol's bulk)
@@ -47,16 +47,8 @@ impl LocalAcceptor for Acceptor {
 /// The executors: jobs reach each through its channel; closing the channels ends
 /// them (and drops every task still running there).
 pub struct TcpGlommio {
-    clients: Vec<UnboundedSender<Job<Rc<dyn LocalDialer>>>>,
-    servers: Vec<UnboundedSender<Job<Rc<dyn LocalAcceptor>>>>,
+    runners: Runners,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
-}
-
-/// Runs jobs as they arrive, each as its own task, until the channel closes.
-async fn run_jobs<X: Clone + 'static>(ctx: X, mut rx: UnboundedReceiver<Job<X>>) {
-    while let Some(job) = rx.recv().await {
-        glommio::spawn_local(job(ctx.clone())).detach();
-    }
 }
 
 /// Starts an executor whose `setup` makes its context (a dialer or an acceptor) and
@@ -98,8 +90,7 @@ impl TcpGlommio {
     /// `sides` client and `sides` server executors; the servers listen on loopback.
     pub fn new(sides: usize) -> io::Result<Self> {
         let mut me = TcpGlommio {
-            clients: Vec::new(),
-            servers: Vec::new(),
+            runners: Runners::default(),
             threads: Vec::new(),
         };
         let mut addr: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
@@ -110,14 +101,14 @@ impl TcpGlommio {
                 Ok((Rc::new(Acceptor(l)) as Rc<dyn LocalAcceptor>, bound))
             })?;
             addr = bound;
-            me.servers.push(tx);
+            me.runners.servers.push(tx);
             me.threads.push(h);
         }
         for i in 0..sides.max(1) {
             let (tx, (), h) = start(format!("tcp-glommio-c{i}"), move || {
                 Ok((Rc::new(Dialer(addr)) as Rc<dyn LocalDialer>, ()))
             })?;
-            me.clients.push(tx);
+            me.runners.clients.push(tx);
             me.threads.push(h);
         }
         Ok(me)
@@ -126,22 +117,21 @@ impl TcpGlommio {
 
 impl LocalSys for TcpGlommio {
     fn sides(&self) -> usize {
-        self.clients.len()
+        self.runners.sides()
     }
 
     fn client(&self, i: usize, job: Job<Rc<dyn LocalDialer>>) {
-        let _ = self.clients[i].send(job);
+        self.runners.client(i, job)
     }
 
     fn server(&self, i: usize, job: Job<Rc<dyn LocalAcceptor>>) {
-        let _ = self.servers[i].send(job);
+        self.runners.server(i, job)
     }
 }
 
 impl Drop for TcpGlommio {
     fn drop(&mut self) {
-        self.clients.clear();
-        self.servers.clear();
+        self.runners.close();
         for h in self.threads.drain(..) {
             let _ = h.join();
         }
