@@ -84,8 +84,8 @@ fn run(a: Args) -> io::Result<()> {
         println!("{} listening on {}", node.id(), node.listen(l)?);
     }
     for j in &a.join {
-        node.join(j)
-            .map_err(|e| io::Error::new(e.kind(), format!("join {j}: {e}")))?;
+        // The engine's error already names the address.
+        node.join(j)?;
         println!("{} joined {j}", node.id());
     }
     let rt = common::runtime()?;

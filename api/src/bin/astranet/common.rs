@@ -149,8 +149,8 @@ pub fn start(m: &MeshArgs, role: Role, id: Option<NodeId>, listen: &[String]) ->
         println!("{} listening on {addr}", node.id());
     }
     for j in &m.join {
-        node.join(j)
-            .map_err(|e| io::Error::new(e.kind(), format!("join {j}: {e}")))?;
+        // The engine's error already names the address.
+        node.join(j)?;
     }
     Ok(node)
 }
