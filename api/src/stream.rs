@@ -228,8 +228,8 @@ impl Write for Stream {
         self.i.block(until, "write", |r, cx| r.poll_write(cx, buf))
     }
 
-    /// Waits until everything written was taken by the stream (within the peer's
-    /// window); like TCP, that is not a delivery receipt.
+    /// Never waits, like `TcpStream::flush`: written bytes are already on their way
+    /// (not a delivery receipt). Fails when the stream already has a write error.
     fn flush(&mut self) -> io::Result<()> {
         let until = deadline(self.write_timeout());
         self.i.block(until, "flush", |r, cx| r.poll_flush(cx))

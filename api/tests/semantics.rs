@@ -416,6 +416,41 @@ fn half_close_after_a_large_request_does_not_wait_for_the_peer() {
 }
 
 #[test]
+fn flush_does_not_wait_for_the_peer_to_read() {
+    // Like TcpStream::flush: bytes a write took are on their way; flushing them does
+    // not wait until the peer's window lets them go. The peer reads only after we
+    // flushed and wrote a second request; everything arrives once, in order.
+    let (client, server) = tcp_pair();
+    let l = server.bind(":18").unwrap();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let srv = std::thread::spawn(move || {
+        let mut s = l.accept().unwrap();
+        go_rx.recv().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let addr = format!("{}:18", server.id());
+    let took = within(Duration::from_secs(20), move || {
+        let mut c = client.dial(&addr).unwrap();
+        c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(&pattern(18, 512 * 1024)).unwrap();
+        let t = Instant::now();
+        c.flush().unwrap();
+        let took = t.elapsed();
+        go_tx.send(()).unwrap();
+        c.write_all(b"end").unwrap();
+        c.flush().unwrap();
+        drop(c);
+        (took, client)
+    });
+    assert!(took.0 < Duration::from_millis(500), "{:?}", took.0);
+    let mut want = pattern(18, 512 * 1024);
+    want.extend_from_slice(b"end");
+    assert_eq!(srv.join().unwrap(), want);
+}
+
+#[test]
 fn write_timeout_then_half_close_loses_and_repeats_nothing() {
     let (client, server) = tcp_pair();
     let l = server.bind(":18").unwrap();

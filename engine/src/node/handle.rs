@@ -197,10 +197,28 @@ impl StreamRef {
         })
     }
 
-    /// Ready once everything written was taken by the stream (within the peer's
-    /// window); like TCP, not a delivery receipt.
-    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.with_mailbox(cx, |mb, cx| mb.poll_flush(cx))
+    /// Never waits, like `TcpStream::flush`: a write that returned staged its bytes,
+    /// and the shard sends them without further ado (within the peer's window), so
+    /// there is nothing to push. Waiting here until the shard took them would cost a
+    /// cross-thread wake-up per write and tell the caller nothing a socket would. Fails
+    /// when the stream already has a write error or the node is gone.
+    pub fn poll_flush(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let found = self.node.mail[usize::from(self.shard)]
+            .pin()
+            .get(&self.key)
+            .cloned();
+        if let Some(mb) = found {
+            if mb.enter() {
+                let r = mb.flush();
+                mb.exit();
+                return Poll::Ready(r);
+            }
+        }
+        // No mailbox: nothing is staged (a detached mailbox had nothing queued).
+        if self.node.inboxes[usize::from(self.shard)].is_closed() {
+            return Poll::Ready(Err(node_gone()));
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Half-closes our direction: the FIN goes after the bytes written so far. Never

@@ -311,17 +311,14 @@ impl Mailbox {
         Poll::Ready(Ok(n))
     }
 
-    /// Ready once every staged byte was taken by the stream (within the peer's credit).
-    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut w = lock(&self.send);
+    /// Flushing has nothing to wait for: staged bytes are already on their way (the
+    /// shard was told when they were staged), like bytes in a socket's send buffer. It
+    /// reports a write error the stream already has.
+    pub(crate) fn flush(&self) -> io::Result<()> {
         if self.state() & WERR != 0 {
-            return Poll::Ready(Err(self.error()));
+            return Err(self.error());
         }
-        if w.bytes == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        add_waker(&mut w.wakers, cx.waker());
-        Poll::Pending
+        Ok(())
     }
 
     /// Half-close: the FIN goes after the staged bytes; never waits.
