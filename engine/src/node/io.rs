@@ -2,13 +2,22 @@
 //! TLS once the handshake authenticated the peer), or, for `attach`, any blocking
 //! byte stream driven by a reader and a writer thread.
 
+use crate::proto::TxBuf;
+use bytes::BytesMut;
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError, TrySendError};
 use futures_lite::{AsyncRead, AsyncWrite};
 use futures_util::task::AtomicWaker;
-use std::io::{self, Read, Write};
+use socket2::SockRef;
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+/// Pieces one vectored socket write takes at most (Linux's `IOV_MAX` is 1024).
+pub(crate) const MAX_IOV: usize = 64;
+/// Largest read through the scratch buffer (TLS and attached transports).
+const SCRATCH_MAX: usize = 64 * 1024;
 
 /// A byte stream under a link.
 pub(crate) enum Transport {
@@ -53,6 +62,86 @@ impl Transport {
             Transport::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Transport::Threads(t) => t.poll_write(cx, buf),
         }
+    }
+
+    /// Writes from the front of `tx`: on TCP one vectored `sendmsg` of up to
+    /// [`MAX_IOV`] pieces (payloads go from the writer's chunks straight to the
+    /// kernel), elsewhere its first piece.
+    pub(crate) fn poll_write_tx(
+        &mut self,
+        cx: &mut Context<'_>,
+        tx: &TxBuf,
+    ) -> Poll<io::Result<usize>> {
+        let Transport::Tcp(s) = self else {
+            return self.poll_write(cx, tx.first_chunk());
+        };
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let n = tx.io_slices(&mut iov);
+        let fd = s.as_raw_fd();
+        // SAFETY: `fd` is the open socket `s` owns; `s` is borrowed for this whole
+        // function, so the descriptor stays open (and is not reused) while `b` lives.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        // MSG_DONTWAIT: not every link socket is in non-blocking mode (glommio's own
+        // calls pass the flag too), and a shard must never block in a syscall.
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+        match SockRef::from(&b).send_vectored_with_flags(&iov[..n], flags) {
+            Ok(k) => Poll::Ready(Ok(k)),
+            // No room: glommio's own write tries once more, then arms the reactor to
+            // wake us when the socket takes bytes again.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Pin::new(s).poll_write(cx, tx.first_chunk())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Reads at most `max` bytes onto the end of `buf`, which must have that much
+    /// spare capacity. TCP receives straight into the spare capacity (no zeroing, no
+    /// copy); other transports read into `scratch` (kept zeroed, reused) and copy.
+    pub(crate) fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        max: usize,
+        scratch: &mut Vec<u8>,
+    ) -> Poll<io::Result<usize>> {
+        let max = max.min(buf.capacity() - buf.len());
+        if let Transport::Tcp(s) = self {
+            let fd = s.as_raw_fd();
+            // SAFETY: as in `poll_write_tx`: `s` owns the open descriptor for the whole
+            // borrow.
+            let b = unsafe { BorrowedFd::borrow_raw(fd) };
+            let spare = &mut buf.spare_capacity_mut()[..max];
+            match SockRef::from(&b).recv_with_flags(spare, libc::MSG_DONTWAIT) {
+                Ok(n) => {
+                    // SAFETY: `recv` initialised the first `n` bytes of the spare
+                    // capacity (it returns how many it wrote), and `n <= max <= spare`.
+                    unsafe { buf.set_len(buf.len() + n) };
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            // Nothing waiting: glommio's read arms the reactor to wake us (and takes
+            // bytes that arrived meanwhile into `scratch`).
+        }
+        let want = max.clamp(1, SCRATCH_MAX);
+        if scratch.len() < want {
+            scratch.resize(want, 0);
+        }
+        let r = self.poll_read(cx, &mut scratch[..want]);
+        if let Poll::Ready(Ok(n)) = r {
+            buf.extend_from_slice(&scratch[..n]);
+        }
+        r
     }
 
     /// Pushes out what the transport itself holds: TLS may keep encrypted records

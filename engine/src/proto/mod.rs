@@ -8,9 +8,11 @@ mod bufqueue;
 pub mod frame;
 mod link;
 mod stream;
+mod txbuf;
 
 pub use bufqueue::BufQueue;
 pub use frame::{
     ErrorCode, Frame, FrameError, OpenHeader, RouteEntry, ServiceOp, ServicesUpdate, StreamId,
 };
 pub use link::{Counters, Event, Link, LinkConfig, LinkError, PeerInfo, Recv, StreamError};
+pub use txbuf::{FrameSink, TxBuf, GATHER_MIN};

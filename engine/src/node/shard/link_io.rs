@@ -8,6 +8,7 @@
 use super::{LinkId, LinkKind, LinkSlot, Shard, CLOSE_FLUSH};
 use crate::node::io::Transport;
 use crate::node::tls;
+use crate::proto::TxBuf;
 use crate::types::NodeId;
 use bytes::BytesMut;
 use std::future::poll_fn;
@@ -54,18 +55,20 @@ impl Shard {
             self.end_link(link);
             return;
         };
-        // Bytes read and not decoded yet (the start of a frame), and right behind them
-        // in the same allocation, zeroed room the next read lands in: frames are
-        // decoded out of it with no copy (`Link::handle_input_buf`).
+        // Bytes read and not decoded yet (the start of a frame), with spare capacity
+        // behind them that the next read lands in: frames are decoded out of it with
+        // no copy (`Link::handle_input_buf`), and TCP receives into the spare capacity
+        // directly, so nothing is zeroed or copied in user space.
         let mut pending = BytesMut::new();
-        let mut room = BytesMut::zeroed(HANDSHAKE_RBUF);
-        let mut wbuf = BytesMut::new();
-        let mut wpos = 0usize;
+        // Reused buffer for transports that read into initialised memory (TLS).
+        let mut scratch = Vec::new();
+        // Frames pulled from the core and not written yet, large payloads by reference.
+        let mut tx = TxBuf::default();
         let mut read_open = true;
         poll_fn(|cx| {
             for _ in 0..64 {
                 let mut progressed = false;
-                {
+                let want = {
                     let st = self.st.borrow();
                     let Some(slot) = st.links.get(&link) else {
                         return Poll::Ready(());
@@ -73,40 +76,36 @@ impl Shard {
                     if slot.abort_io {
                         return Poll::Ready(());
                     }
-                    let want = if slot.core.is_open() {
+                    if slot.core.is_open() {
                         RBUF
                     } else {
                         HANDSHAKE_RBUF
-                    };
-                    if room.len() < want / 4 {
-                        // A new block; only an incomplete frame's bytes are copied.
-                        let mut b = BytesMut::zeroed(want.max(pending.len() + want / 2));
-                        b[..pending.len()].copy_from_slice(&pending);
-                        pending = b.split_to(pending.len());
-                        room = b;
                     }
+                };
+                if pending.capacity() - pending.len() < want / 4 {
+                    // A new block (or the old one, once every frame split off it was
+                    // dropped); only an incomplete frame's bytes are copied.
+                    pending.reserve(want);
                 }
                 // Output: refill from the core when the previous batch is written.
-                if wpos == wbuf.len() {
-                    wbuf.clear();
-                    wpos = 0;
+                if tx.is_empty() {
                     let mut st = self.st.borrow_mut();
                     let Some(slot) = st.links.get_mut(&link) else {
                         return Poll::Ready(());
                     };
-                    slot.core.poll_transmit(&mut wbuf, WRITE_BATCH);
-                    if wbuf.is_empty() {
+                    slot.core.poll_transmit_gather(&mut tx, WRITE_BATCH);
+                    if tx.is_empty() {
                         slot.write_blocked_since = None;
                     }
                     self.drain_events(&mut st, link);
                 }
-                if wpos < wbuf.len() {
-                    let r = t.poll_write(cx, &wbuf[wpos..]);
+                if !tx.is_empty() {
+                    let r = t.poll_write_tx(cx, &tx);
                     let mut st = self.st.borrow_mut();
                     let slot = st.links.get_mut(&link);
                     match r {
                         Poll::Ready(Ok(n)) => {
-                            wpos += n;
+                            tx.advance(n);
                             progressed = true;
                             if let Some(s) = slot {
                                 s.write_blocked_since = None;
@@ -126,7 +125,7 @@ impl Shard {
                 }
                 // All handed over: make sure the transport sent it (TLS may hold
                 // records the socket did not take).
-                if wpos == wbuf.len() {
+                if tx.is_empty() {
                     match t.poll_flush(cx) {
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(e)) => {
@@ -149,14 +148,12 @@ impl Shard {
                     }
                 };
                 if wants && read_open {
-                    match t.poll_read(cx, &mut room) {
+                    match t.poll_read_into(cx, &mut pending, want, &mut scratch) {
                         Poll::Ready(Ok(0)) => {
                             read_open = false;
                             self.transport_failed(link, "connection closed by peer");
                         }
                         Poll::Ready(Ok(n)) => {
-                            // Adjacent in one allocation: `unsplit` copies nothing.
-                            pending.unsplit(room.split_to(n));
                             let mut st = self.st.borrow_mut();
                             if let Some(slot) = st.links.get_mut(&link) {
                                 slot.verify_silence = false;
@@ -196,7 +193,7 @@ impl Shard {
                         }
                     }
                 }
-                if closed && wpos == wbuf.len() {
+                if closed && tx.is_empty() {
                     let st = self.st.borrow();
                     if st.links.get(&link).is_none_or(|s| !s.core.has_transmit()) {
                         return Poll::Ready(());
@@ -210,8 +207,8 @@ impl Shard {
                         *waker = Some(cx.waker().clone());
                     }
                     // Output queued meanwhile by event handling: go round again.
-                    let again = wpos == wbuf.len()
-                        && st.links.get(&link).is_some_and(|s| s.core.has_transmit());
+                    let again =
+                        tx.is_empty() && st.links.get(&link).is_some_and(|s| s.core.has_transmit());
                     drop(st);
                     if again {
                         continue;

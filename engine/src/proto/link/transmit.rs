@@ -4,6 +4,7 @@
 use super::{Event, Link, LinkConfig, LinkError, Phase};
 use crate::proto::frame::{self, ErrorCode, Frame, FrameType, StreamId, FLAG_FIN};
 use crate::proto::stream::*;
+use crate::proto::txbuf::{FrameSink, TxBuf};
 use bytes::{BufMut, BytesMut};
 use hashbrown::HashMap;
 
@@ -18,14 +19,24 @@ impl Link {
     /// turns, one frame each per turn, so no stream waits behind another's bulk data.
     /// Returns the number of bytes added.
     pub fn poll_transmit(&mut self, out: &mut BytesMut, max: usize) -> usize {
-        let start = out.len();
-        out.put_slice(&self.ctrl.split());
+        self.transmit(out, max)
+    }
+
+    /// [`Link::poll_transmit`] into a gather list: large payloads are listed as the
+    /// writer's own chunks instead of copied, for a vectored socket write.
+    pub fn poll_transmit_gather(&mut self, out: &mut TxBuf, max: usize) -> usize {
+        self.transmit(out, max)
+    }
+
+    fn transmit<S: FrameSink>(&mut self, out: &mut S, max: usize) -> usize {
+        let start = out.total();
+        out.head().put_slice(&self.ctrl.split());
         if self.phase != Phase::Open {
-            self.counters.bytes_out += (out.len() - start) as u64;
-            return out.len() - start;
+            self.counters.bytes_out += (out.total() - start) as u64;
+            return out.total() - start;
         }
         let peer_max = self.peer.as_ref().map_or(0, |p| p.max_frame_size) as usize;
-        while out.len() - start < max {
+        while out.total() - start < max {
             let Some(id) = self.ready.pop_front() else {
                 break;
             };
@@ -49,13 +60,14 @@ impl Link {
                 let room = peer_max.saturating_sub(header.encoded_len());
                 let n = n.min(room);
                 let fin = fin && n == queued;
-                frame::put_open_header(out, id, fin, &header, n);
+                frame::put_open_header(out.head(), id, fin, &header, n);
                 s.clear(OPEN_PENDING);
                 write_payload(s, &mut self.bufs, id, out, n, fin);
                 self.send_queued -= n as u64;
                 self.counters.frames_out += 1;
             } else {
-                frame::put_header(out, FrameType::Data, if fin { FLAG_FIN } else { 0 }, n, id);
+                let flags = if fin { FLAG_FIN } else { 0 };
+                frame::put_header(out.head(), FrameType::Data, flags, n, id);
                 write_payload(s, &mut self.bufs, id, out, n, fin);
                 self.send_queued -= n as u64;
                 self.counters.frames_out += 1;
@@ -87,11 +99,11 @@ impl Link {
         self.wake_link_blocked();
         // Frames produced while sending (a RESET, or open credit after a stream freed).
         if !self.ctrl.is_empty() {
-            out.put_slice(&self.ctrl.split());
+            out.head().put_slice(&self.ctrl.split());
         }
         self.compact();
-        self.counters.bytes_out += (out.len() - start) as u64;
-        out.len() - start
+        self.counters.bytes_out += (out.total() - start) as u64;
+        out.total() - start
     }
 
     /// Streams held back by the link's send bound go on once half of it is free.
@@ -149,12 +161,12 @@ impl Link {
     }
 }
 
-/// Copies `n` queued bytes of `s` into `out` (the frame header is already there).
+/// Moves `n` queued bytes of `s` into `out` (the frame header is already there).
 fn write_payload(
     s: &mut Stream,
     bufs: &mut HashMap<StreamId, Bufs>,
     id: StreamId,
-    out: &mut BytesMut,
+    out: &mut impl FrameSink,
     n: usize,
     fin: bool,
 ) {
@@ -164,7 +176,7 @@ fn write_payload(
             break;
         };
         left -= chunk.len();
-        out.put_slice(&chunk);
+        out.put_payload(chunk);
     }
     s.send_credit -= n as u32;
     if fin {
