@@ -247,3 +247,49 @@ impl ThreadIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn notsent_lowat(s: &std::net::TcpStream) -> i32 {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `s` is open; `v` and `len` are live and describe a `c_int`.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                std::ptr::from_mut(&mut v).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "getsockopt: {}", io::Error::last_os_error());
+        v
+    }
+
+    /// A loopback link socket keeps little in the kernel: unsent bytes and the receive
+    /// buffer are bounded (see `bound_kernel_queues`), so the link's own scheduler, not
+    /// the socket buffers, decides which stream's frame goes next.
+    #[test]
+    fn loopback_link_sockets_bound_their_kernel_queues() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        let before = socket2::SockRef::from(&b).recv_buffer_size().unwrap();
+        bound_kernel_queues(&a);
+        bound_kernel_queues(&b);
+        for s in [&a, &b] {
+            assert_eq!(notsent_lowat(s), NOTSENT_LOWAT);
+            // Linux reports twice the size set (its bookkeeping overhead); a socket
+            // left alone starts at tcp_rmem's default (128 KiB) and autotunes upwards.
+            let rcv = socket2::SockRef::from(s).recv_buffer_size().unwrap();
+            assert!(
+                (LOOPBACK_RCVBUF..=2 * LOOPBACK_RCVBUF).contains(&rcv),
+                "rcvbuf {rcv} (was {before})"
+            );
+        }
+    }
+}
