@@ -84,6 +84,12 @@ impl<T> Inbox<T> {
         .await
     }
 
+    /// Takes up to `max` queued items without waiting (the consumer's task may also be
+    /// woken for them; it then finds fewer or none).
+    pub(crate) fn try_batch(&self, out: &mut Vec<T>, max: usize) {
+        self.drain(out, max);
+    }
+
     fn drain(&self, out: &mut Vec<T>, max: usize) {
         while out.len() < max {
             match self.queue.pop() {

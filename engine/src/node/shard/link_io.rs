@@ -67,6 +67,9 @@ impl Shard {
         let mut read_open = true;
         poll_fn(|cx| {
             for _ in 0..64 {
+                // Commands from handles (a stream's request staged, a reader's
+                // credit) are taken here too: see `Shard::take_commands`.
+                self.take_commands();
                 let mut progressed = false;
                 let want = {
                     let st = self.st.borrow();
