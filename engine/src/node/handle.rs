@@ -109,7 +109,8 @@ impl StreamRef {
         let shard = u32::from(self.shard);
         let map = &self.node.mail[usize::from(self.shard)];
         let mb = loop {
-            let found = map.pin().get(&self.key).cloned();
+            // Looked up afresh each time: the shard may have swapped the table.
+            let found = map.get(&self.key);
             let Some(mb) = found else {
                 if self.node.inboxes[usize::from(self.shard)].is_closed() {
                     return Poll::Ready(Err(node_gone()));
@@ -203,10 +204,7 @@ impl StreamRef {
     /// cross-thread wake-up per write and tell the caller nothing a socket would. Fails
     /// when the stream already has a write error or the node is gone.
     pub fn poll_flush(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let found = self.node.mail[usize::from(self.shard)]
-            .pin()
-            .get(&self.key)
-            .cloned();
+        let found = self.node.mail[usize::from(self.shard)].get(&self.key);
         if let Some(mb) = found {
             if mb.enter() {
                 let r = mb.flush();
@@ -224,10 +222,7 @@ impl StreamRef {
     /// Half-closes our direction: the FIN goes after the bytes written so far. Never
     /// waits (like `TcpStream::shutdown(Write)`).
     pub fn shutdown_write(&self) -> io::Result<()> {
-        let found = self.node.mail[usize::from(self.shard)]
-            .pin()
-            .get(&self.key)
-            .cloned();
+        let found = self.node.mail[usize::from(self.shard)].get(&self.key);
         if let Some(mb) = found {
             if mb.enter() {
                 let r = mb.shutdown();
