@@ -8,8 +8,8 @@
 
 use super::super::errors::{link_error, node_gone, stream_error};
 use super::super::mailbox::{
-    lock, wake_all, MailMap, Mailbox, ATTACHED, DETACHED, EOF, FIN_DONE, NOTIFY, RERR, RETRY, SHUT,
-    TOUCHED, WERR,
+    lock, push_chunk, wake_all, MailMap, Mailbox, ATTACHED, DETACHED, EOF, FIN_DONE, NOTIFY, RERR,
+    RETRY, SHUT, TOUCHED, WERR,
 };
 use super::super::{Cmd, StreamKey};
 use super::{Shard, State};
@@ -152,7 +152,7 @@ impl Shard {
                 match slot.core.recv_take(key.id, usize::MAX) {
                     Ok(Recv::Data(b)) => {
                         r.bytes += b.len();
-                        r.q.push_back(b);
+                        push_chunk(&mut r.q, b);
                     }
                     Ok(Recv::Fin) => {
                         mb.set(EOF);
@@ -351,9 +351,20 @@ impl Shard {
             match idle(&mb, s) {
                 Idle::Yes if mb.try_detach(s) => self.detach(&mut st, key),
                 Idle::Report => {
-                    // Consumed bytes below the credit threshold: report them now.
+                    // Consumed bytes below the credit threshold: report them now, and
+                    // detach at once if that left it idle (untouched since the last
+                    // sweep, as checked above), rather than a sweep later.
                     self.service(&mut st, &mb);
-                    st.mail_order.push_back(key);
+                    let s = mb.state();
+                    if Self::is_current(&st, &mb)
+                        && s & TOUCHED == 0
+                        && matches!(idle(&mb, s), Idle::Yes)
+                        && mb.try_detach(s)
+                    {
+                        self.detach(&mut st, key);
+                    } else {
+                        st.mail_order.push_back(key);
+                    }
                 }
                 _ => st.mail_order.push_back(key),
             }
