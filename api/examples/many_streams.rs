@@ -7,8 +7,6 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 fn rss_bytes() -> u64 {
@@ -34,29 +32,18 @@ fn main() -> std::io::Result<()> {
 
     let rss0 = rss_bytes();
     let t = Instant::now();
-    // Server: a pool of 8 acceptor threads, as a threaded server would run, shares the
-    // listener; each accepts a stream, echoes its message, keeps it open, and takes
-    // the next. The handles go into one Vec of exactly n (per-thread Vecs would add
-    // their growth garbage to the memory figure).
-    let listener = Arc::new(listener);
-    let claimed = Arc::new(AtomicUsize::new(0));
-    let server_held = Arc::new(Mutex::new(Vec::with_capacity(n)));
-    let acceptors: Vec<_> = (0..8)
-        .map(|_| {
-            let (listener, claimed, held) =
-                (listener.clone(), claimed.clone(), server_held.clone());
-            std::thread::spawn(move || -> std::io::Result<()> {
-                while claimed.fetch_add(1, Ordering::Relaxed) < n {
-                    let mut s = listener.accept()?;
-                    let mut b = [0u8; 8];
-                    s.read_exact(&mut b)?;
-                    s.write_all(&b)?;
-                    held.lock().unwrap().push(s);
-                }
-                Ok(())
-            })
-        })
-        .collect();
+    // Server: accept every stream, echo its message, keep it open.
+    let acceptor = std::thread::spawn(move || -> std::io::Result<Vec<astranet::Stream>> {
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut s = listener.accept()?;
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b)?;
+            s.write_all(&b)?;
+            held.push(s);
+        }
+        Ok(held)
+    });
     // Client: 8 threads open their share, send on each, then read every echo.
     let workers: Vec<_> = (0..8)
         .map(|w| {
@@ -82,10 +69,7 @@ fn main() -> std::io::Result<()> {
     for w in workers {
         client_ends.extend(w.join().expect("worker")?);
     }
-    for a in acceptors {
-        a.join().expect("acceptor")?;
-    }
-    let server_ends = std::mem::take(&mut *server_held.lock().unwrap());
+    let server_ends = acceptor.join().expect("acceptor")?;
     let elapsed = t.elapsed();
     let rss1 = rss_bytes();
     let cs = client.stats()?.streams;
