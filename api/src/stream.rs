@@ -54,19 +54,17 @@ struct Timeouts {
 }
 
 /// What both handle types share.
+/// A blocking stream's handle and timeouts (boxed: most streams have none). Whether
+/// it half-closed is kept in the handle ([`StreamRef::write_shut`]), so a held stream
+/// is the engine's handle and one word.
 struct Inner {
     r: StreamRef,
     t: Option<Box<Timeouts>>,
-    write_shut: bool,
 }
 
 impl Inner {
     fn new(r: StreamRef) -> Self {
-        Self {
-            r,
-            t: None,
-            write_shut: false,
-        }
+        Self { r, t: None }
     }
 
     fn timeouts(&mut self) -> &mut Timeouts {
@@ -159,7 +157,7 @@ impl Stream {
     /// far, and can still write back. Like `TcpStream::shutdown(Write)`, it never waits
     /// for the peer: the FIN is queued behind the bytes already written.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
-        self.i.write_shut = true;
+        self.i.r.set_write_shut();
         self.i.r.shutdown_write()
     }
 
@@ -218,7 +216,7 @@ impl Write for Stream {
     /// only when [`MAX_IN_FLIGHT`] bytes already wait for the peer's window. A write
     /// that times out took no byte; one that returns `Ok(n)` took exactly `n`.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.i.write_shut {
+        if self.i.r.write_shut() {
             return Err(write_after_shutdown());
         }
         if buf.is_empty() {
@@ -245,37 +243,37 @@ impl Write for Stream {
 /// returns `Pending` took none; dropping a read or write future in between loses no
 /// byte. `poll_close` may be polled again after `Pending`.
 pub struct AsyncStream {
-    i: Inner,
+    r: StreamRef,
 }
 
 impl std::fmt::Debug for AsyncStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncStream")
-            .field("local", &self.i.r.local_addr())
-            .field("peer", &self.i.r.peer_addr())
+            .field("local", &self.r.local_addr())
+            .field("peer", &self.r.peer_addr())
             .finish()
     }
 }
 
 impl AsyncStream {
     pub(crate) fn new(r: StreamRef) -> Self {
-        Self { i: Inner::new(r) }
+        Self { r }
     }
 
     /// This end's address.
     pub fn local_addr(&self) -> Addr {
-        self.i.r.local_addr()
+        self.r.local_addr()
     }
 
     /// The other end's address.
     pub fn peer_addr(&self) -> Addr {
-        self.i.r.peer_addr()
+        self.r.peer_addr()
     }
 
     /// Aborts the stream at once, like a TCP reset: data not yet delivered is
     /// discarded and the peer's reads and writes fail with `ConnectionReset`.
     pub fn reset(self) {
-        self.i.r.reset(ErrorCode::CANCELLED);
+        self.r.reset(ErrorCode::CANCELLED);
     }
 }
 
@@ -288,7 +286,7 @@ impl futures_io::AsyncRead for AsyncStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.i.r.poll_read(cx, buf)
+        self.r.poll_read(cx, buf)
     }
 }
 
@@ -298,24 +296,24 @@ impl futures_io::AsyncWrite for AsyncStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.i.write_shut {
+        if self.r.write_shut() {
             return Poll::Ready(Err(write_after_shutdown()));
         }
-        self.i.r.poll_write(cx, buf)
+        self.r.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.i.r.poll_flush(cx)
+        self.r.poll_flush(cx)
     }
 
     /// Half-close: the FIN goes after the bytes written so far. Reading still works.
     /// Like `shutdown(Write)` on a socket it does not wait for the peer's window.
     fn poll_close(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.i.write_shut {
+        if self.r.write_shut() {
             return Poll::Ready(Ok(()));
         }
-        self.i.write_shut = true;
-        Poll::Ready(self.i.r.shutdown_write())
+        self.r.set_write_shut();
+        Poll::Ready(self.r.shutdown_write())
     }
 }
 
@@ -331,7 +329,7 @@ mod tests {
     /// A held, idle handle is small: a million of them are part of the idle figure.
     #[test]
     fn idle_handles_are_small() {
-        assert!(std::mem::size_of::<super::Stream>() <= 64);
-        assert!(std::mem::size_of::<super::AsyncStream>() <= 64);
+        assert!(std::mem::size_of::<super::Stream>() <= 56);
+        assert!(std::mem::size_of::<super::AsyncStream>() <= 48);
     }
 }

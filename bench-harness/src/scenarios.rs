@@ -488,14 +488,17 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
         }));
     }
     let next = Arc::new(AtomicU64::new(0));
+    // Likewise one Vec of exactly n for the openers' handles (per-task Vecs, grown by
+    // doubling and then copied into one, left their garbage in the RSS figure).
+    let client_held = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
     let mut tasks = Vec::new();
     for _ in 0..workers {
         let dialer = dialer.clone();
         let next = next.clone();
+        let held = client_held.clone();
         let (mut stop, stop_tx) = (stop.clone(), stop_tx.clone());
         let pb = pb.clone();
         tasks.push(tokio::spawn(async move {
-            let mut held = Vec::new();
             while !*stop.borrow() && next.fetch_add(1, Ordering::Relaxed) < n as u64 {
                 let attempt = async {
                     let mut s = dialer.open().await?;
@@ -511,23 +514,21 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
                 };
                 match r {
                     Ok(s) => {
-                        held.push(s);
+                        held.lock().unwrap_or_else(|e| e.into_inner()).push(s);
                         pb.inc(1);
                     }
                     Err(e) => {
                         let _ = stop_tx.send(true);
-                        return (held, Some(e));
+                        return Some(e);
                     }
                 }
             }
-            (held, None)
+            None
         }));
     }
-    let mut client_held = Vec::with_capacity(n);
     let mut first_err: Option<io::Error> = None;
     for t in tasks {
-        let (h, e) = t.await.map_err(io::Error::other)?;
-        client_held.extend(h);
+        let e = t.await.map_err(io::Error::other)?;
         if first_err.is_none() {
             first_err = e;
         }
@@ -535,7 +536,7 @@ pub async fn idle(pair: Pair, n: usize, workers: usize, pb: &ProgressBar) -> io:
     // When an opener failed, the limit is reached: the grace period the acceptors get
     // below is no part of the time to open.
     let clients_done = start.elapsed().as_secs_f64();
-    let reached = client_held.len();
+    let reached = client_held.lock().unwrap_or_else(|e| e.into_inner()).len();
     // When an opener failed, acceptors may wait for streams that will never come:
     // give them a moment to report their own error (often the real limit), then stop
     // them.

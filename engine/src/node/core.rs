@@ -321,7 +321,7 @@ impl NodeCore {
             None => None,
         };
         let inboxes: Vec<_> = (0..cfg.shards).map(|_| Arc::new(Inbox::new())).collect();
-        let mail = (0..cfg.shards).map(|_| papaya::HashMap::new()).collect();
+        let mail = (0..cfg.shards).map(|_| Default::default()).collect();
         let shared = Arc::new(NodeShared {
             id: cfg.id,
             inboxes,

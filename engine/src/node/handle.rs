@@ -36,8 +36,14 @@ pub struct StreamRef {
     /// Our port; our node is `node.id`. (Kept small: a million of these may be held.)
     local_port: u32,
     shard: u16,
-    armed: bool,
+    /// `ARMED`, `WRITE_SHUT`.
+    flags: u8,
 }
+
+/// Dropping the handle releases the stream.
+const ARMED: u8 = 1;
+/// The owner half-closed through this handle ([`StreamRef::set_write_shut`]).
+const WRITE_SHUT: u8 = 2;
 
 impl std::fmt::Debug for StreamRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,14 +69,26 @@ impl StreamRef {
             key,
             local_port: local.port,
             peer,
-            armed: true,
+            flags: ARMED,
         }
     }
 
     /// Forget the stream without closing it (the shard refuses it itself, or a
     /// shard-local stream takes over its reference).
     pub(crate) fn disarm(mut self) {
-        self.armed = false;
+        self.flags &= !ARMED;
+    }
+
+    /// Records that the owner half-closed through this handle, so that its writes
+    /// fail from now on (the API's streams keep this here, in a byte the handle has
+    /// spare, rather than grow by a word each).
+    pub fn set_write_shut(&mut self) {
+        self.flags |= WRITE_SHUT;
+    }
+
+    /// Whether [`StreamRef::set_write_shut`] was called on this handle.
+    pub fn write_shut(&self) -> bool {
+        self.flags & WRITE_SHUT != 0
     }
 
     /// The shard the stream's link lives on.
@@ -109,7 +127,8 @@ impl StreamRef {
         let shard = u32::from(self.shard);
         let map = &self.node.mail[usize::from(self.shard)];
         let mb = loop {
-            let found = map.pin().get(&self.key).cloned();
+            // Looked up afresh each time: the shard may have swapped the table.
+            let found = map.get(&self.key);
             let Some(mb) = found else {
                 if self.node.inboxes[usize::from(self.shard)].is_closed() {
                     return Poll::Ready(Err(node_gone()));
@@ -203,10 +222,7 @@ impl StreamRef {
     /// cross-thread wake-up per write and tell the caller nothing a socket would. Fails
     /// when the stream already has a write error or the node is gone.
     pub fn poll_flush(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let found = self.node.mail[usize::from(self.shard)]
-            .pin()
-            .get(&self.key)
-            .cloned();
+        let found = self.node.mail[usize::from(self.shard)].get(&self.key);
         if let Some(mb) = found {
             if mb.enter() {
                 let r = mb.flush();
@@ -224,10 +240,7 @@ impl StreamRef {
     /// Half-closes our direction: the FIN goes after the bytes written so far. Never
     /// waits (like `TcpStream::shutdown(Write)`).
     pub fn shutdown_write(&self) -> io::Result<()> {
-        let found = self.node.mail[usize::from(self.shard)]
-            .pin()
-            .get(&self.key)
-            .cloned();
+        let found = self.node.mail[usize::from(self.shard)].get(&self.key);
         if let Some(mb) = found {
             if mb.enter() {
                 let r = mb.shutdown();
@@ -265,7 +278,7 @@ impl StreamRef {
 
 impl Drop for StreamRef {
     fn drop(&mut self) {
-        if self.armed {
+        if self.flags & ARMED != 0 {
             self.push(Cmd::Release(self.key));
         }
     }

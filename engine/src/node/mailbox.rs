@@ -23,8 +23,8 @@
 //! - Mailboxes exist only while a stream is busy: the shard detaches one that stayed
 //!   idle for a sweep (nothing queued, nobody inside or waiting), so a million idle
 //!   streams hold none. Handles find the mailbox in the shard's lock-free map
-//!   (`papaya`; only the shard writes it, so no writer ever waits on a user thread, and
-//!   readers never block).
+//!   ([`MailMap`]: `papaya`; only the shard writes it, so no writer ever waits on a user
+//!   thread, and readers never block).
 
 use super::errors::node_gone;
 use super::{Cmd, NodeShared, StreamKey};
@@ -64,6 +64,78 @@ pub(crate) const FIN_DONE: u32 = 1 << 24;
 /// A `Cmd::Service` for this mailbox is queued: the shard found a side locked and
 /// looks again on its next turn (once, however many times it found it locked).
 pub(crate) const RETRY: u32 = 1 << 25;
+
+/// A shard's attached mailboxes, as handles look them up: a lock-free map (`papaya`)
+/// only the shard writes. A papaya table resizes only on an insert, so after a burst
+/// of busy streams it would keep the burst's room for good; the shard then swaps in a
+/// fresh table sized for what is still attached ([`MailMap::rebuild`]).
+///
+/// Why a swap is safe: a handle loads the current table for each lookup. One that
+/// loaded the old table just before the swap sees it as it was at the swap at the
+/// latest (the shard writes only the new one afterwards), which is what it would
+/// have seen had its lookup run a moment earlier. A mailbox it finds there and the
+/// shard detached since refuses entry (`DETACHED`), and the handle looks again (in
+/// the new table); a mailbox it misses makes it offer one (`Cmd::Attach`), which the
+/// shard declines when it has one already, waking the handle to look again.
+pub(crate) struct MailMap(arc_swap::ArcSwap<papaya::HashMap<StreamKey, Arc<Mailbox>>>);
+
+impl Default for MailMap {
+    fn default() -> Self {
+        Self(arc_swap::ArcSwap::from_pointee(papaya::HashMap::new()))
+    }
+}
+
+impl MailMap {
+    /// The stream's mailbox, if one is attached (any thread).
+    pub(crate) fn get(&self, key: &StreamKey) -> Option<Arc<Mailbox>> {
+        self.0.load().pin().get(key).cloned()
+    }
+
+    /// Attached mailboxes (an estimate while the shard writes).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.load().len()
+    }
+
+    /// The shard attaches a mailbox (shard only).
+    pub(crate) fn insert(&self, mb: Arc<Mailbox>) {
+        self.0.load().pin().insert(mb.key, mb);
+    }
+
+    /// The shard detaches a mailbox (shard only).
+    pub(crate) fn remove(&self, key: &StreamKey) {
+        self.0.load().pin().remove(key);
+    }
+
+    /// The shard stops (shard only).
+    pub(crate) fn clear(&self) {
+        self.0.load().pin().clear();
+    }
+
+    /// Replaces the table with a fresh one of room for `room` holding exactly `live`,
+    /// the shard's own record of what is attached (shard only). The old table is
+    /// freed once no handle is inside a lookup on it.
+    pub(crate) fn rebuild<'a>(
+        &self,
+        live: impl ExactSizeIterator<Item = &'a Arc<Mailbox>>,
+        room: usize,
+    ) {
+        let fresh = papaya::HashMap::with_capacity(room.max(live.len()));
+        {
+            let m = fresh.pin();
+            for mb in live {
+                m.insert(mb.key, mb.clone());
+            }
+        }
+        self.0.store(Arc::new(fresh));
+    }
+
+    /// The current table (tests).
+    #[cfg(test)]
+    pub(crate) fn table(&self) -> Arc<papaya::HashMap<StreamKey, Arc<Mailbox>>> {
+        self.0.load_full()
+    }
+}
 
 /// Received bytes waiting for readers.
 #[derive(Default)]
@@ -105,6 +177,17 @@ fn add_waker(v: &mut Vec<Waker>, w: &Waker) {
     if !v.iter().any(|x| x.will_wake(w)) {
         v.push(w.clone());
     }
+}
+
+/// Queues a chunk on a mailbox side. A side's first chunk gets a queue of room for
+/// exactly one (32 bytes, not the four a `VecDeque` starts with): most streams queue
+/// one chunk at a time, and a mailbox keeps its queues' room until it is detached,
+/// which for a million busy streams is a quarter of a KiB each.
+pub(crate) fn push_chunk(q: &mut VecDeque<Bytes>, b: Bytes) {
+    if q.capacity() == 0 {
+        q.reserve_exact(1);
+    }
+    q.push_back(b);
 }
 
 /// Wakes everything in `v` (taken out under the lock, woken after it).
@@ -307,7 +390,7 @@ impl Mailbox {
         let b = make(n);
         let mut w = lock(&self.send);
         w.bytes += n;
-        w.q.push_back(b);
+        push_chunk(&mut w.q, b);
         Poll::Ready(Ok(n))
     }
 
@@ -333,5 +416,24 @@ impl Mailbox {
     /// A handle call waits for the shard to attach this mailbox.
     pub(crate) fn wait_attached(&self, cx: &mut Context<'_>) {
         add_waker(&mut lock(&self.recv).wakers, cx.waker());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_chunk;
+    use bytes::Bytes;
+    use std::collections::VecDeque;
+
+    /// A side's first chunk takes room for one, not four; more grow as usual.
+    #[test]
+    fn a_first_chunk_gets_room_for_one() {
+        let mut q = VecDeque::new();
+        push_chunk(&mut q, Bytes::from_static(b"echo"));
+        assert_eq!(q.capacity(), 1);
+        push_chunk(&mut q, Bytes::from_static(b"more"));
+        push_chunk(&mut q, Bytes::from_static(b"again"));
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.pop_front().as_deref(), Some(&b"echo"[..]));
     }
 }

@@ -146,7 +146,7 @@ pub(crate) struct NodeShared {
     /// Per shard, the mailboxes of its busy streams. Only the shard inserts and removes
     /// (papaya's writers may wait for each other during a resize, never its readers);
     /// handles only read.
-    pub(crate) mail: Vec<papaya::HashMap<StreamKey, Arc<mailbox::Mailbox>>>,
+    pub(crate) mail: Vec<mailbox::MailMap>,
     /// Binds of this node (user threads only).
     pub(crate) registry: Mutex<listeners::Registry>,
     /// Routes and services, as the control task last published them.

@@ -8,8 +8,8 @@
 
 use super::super::errors::{link_error, node_gone, stream_error};
 use super::super::mailbox::{
-    lock, wake_all, Mailbox, ATTACHED, DETACHED, EOF, FIN_DONE, MAX_STAGED, NOTIFY, RERR, RETRY,
-    SHUT, TOUCHED, WERR,
+    lock, push_chunk, wake_all, MailMap, Mailbox, ATTACHED, DETACHED, EOF, FIN_DONE, MAX_STAGED,
+    NOTIFY, RERR, RETRY, SHUT, TOUCHED, WERR,
 };
 use super::super::{Cmd, StreamKey};
 use super::{Shard, State};
@@ -20,6 +20,8 @@ use std::task::Waker;
 
 /// Mailboxes one sweep (one timer tick) looks at, at most.
 const SWEEP_BATCH: usize = 32 * 1024;
+/// The mailbox tables keep room for this many without shrinking.
+const MAIL_ROOM_KEPT: usize = 1024;
 
 /// The error for an operation on a link that is gone: why it died, if we remember.
 pub(super) fn link_gone(st: &State, link: super::LinkId) -> io::Error {
@@ -62,12 +64,7 @@ impl Shard {
     }
 
     fn insert_mail(&self, st: &mut State, mb: Arc<Mailbox>) {
-        let key = mb.key;
-        self.node.mail[self.idx as usize]
-            .pin()
-            .insert(key, mb.clone());
-        st.mail.insert(key, mb);
-        st.mail_order.push_back(key);
+        insert_mail(&self.node.mail[self.idx as usize], st, mb);
     }
 
     fn detach(&self, st: &mut State, key: StreamKey) {
@@ -76,10 +73,7 @@ impl Shard {
 
     /// Removes the stream's mailbox, if any: handles that look find none.
     pub(crate) fn detach_mail(&self, st: &mut State, key: StreamKey) -> Option<Arc<Mailbox>> {
-        let mb = st.mail.remove(&key)?;
-        mb.set(DETACHED);
-        self.node.mail[self.idx as usize].pin().remove(&key);
-        Some(mb)
+        detach_mail(&self.node.mail[self.idx as usize], st, key)
     }
 
     /// A handle found no mailbox and offers one.
@@ -158,7 +152,7 @@ impl Shard {
                 match slot.core.recv_take(key.id, usize::MAX) {
                     Ok(Recv::Data(b)) => {
                         r.bytes += b.len();
-                        r.q.push_back(b);
+                        push_chunk(&mut r.q, b);
                     }
                     Ok(Recv::Fin) => {
                         mb.set(EOF);
@@ -359,13 +353,25 @@ impl Shard {
             match idle(&mb, s) {
                 Idle::Yes if mb.try_detach(s) => self.detach(&mut st, key),
                 Idle::Report => {
-                    // Consumed bytes below the credit threshold: report them now.
+                    // Consumed bytes below the credit threshold: report them now, and
+                    // detach at once if that left it idle (untouched since the last
+                    // sweep, as checked above), rather than a sweep later.
                     self.service(&mut st, &mb);
-                    st.mail_order.push_back(key);
+                    let s = mb.state();
+                    if Self::is_current(&st, &mb)
+                        && s & TOUCHED == 0
+                        && matches!(idle(&mb, s), Idle::Yes)
+                        && mb.try_detach(s)
+                    {
+                        self.detach(&mut st, key);
+                    } else {
+                        st.mail_order.push_back(key);
+                    }
                 }
                 _ => st.mail_order.push_back(key),
             }
         }
+        shrink_mail(&self.node.mail[self.idx as usize], &mut st);
     }
 
     /// The shard stops: every mailbox (and every one a handle still offers) fails, so
@@ -380,7 +386,7 @@ impl Shard {
                 mbs.push(m);
             }
         }
-        self.node.mail[self.idx as usize].pin().clear();
+        self.node.mail[self.idx as usize].clear();
         for mb in mbs {
             mb.fail(node_gone(), RERR | WERR);
             mb.set(DETACHED);
@@ -391,6 +397,41 @@ impl Shard {
             wake_all(a);
             wake_all(b);
         }
+    }
+}
+
+fn insert_mail(map: &MailMap, st: &mut State, mb: Arc<Mailbox>) {
+    let key = mb.key;
+    map.insert(mb.clone());
+    st.mail.insert(key, mb);
+    st.mail_order.push_back(key);
+}
+
+fn detach_mail(map: &MailMap, st: &mut State, key: StreamKey) -> Option<Arc<Mailbox>> {
+    let mb = st.mail.remove(&key)?;
+    mb.set(DETACHED);
+    map.remove(&key);
+    Some(mb)
+}
+
+/// After a burst of busy streams (a million opened at once, each with a mailbox until
+/// the sweep detached it), the mailbox tables would keep the burst's room for good:
+/// hash tables do not shrink on removals. Once at most an eighth of their room is
+/// used, they are rebuilt with room for twice what is still attached. Work: a copy of
+/// what is attached (at most an eighth of the room the burst grew), at most once per
+/// sweep.
+fn shrink_mail(map: &MailMap, st: &mut State) {
+    let room = |len: usize| (2 * len).max(MAIL_ROOM_KEPT / 4);
+    let sparse = |len: usize, cap: usize| cap > MAIL_ROOM_KEPT && len <= cap / 8;
+    if sparse(st.mail.len(), st.mail.capacity()) {
+        let keep = room(st.mail.len());
+        st.mail.shrink_to(keep);
+        map.rebuild(st.mail.values(), keep);
+    }
+    // Detaching leaves a key behind until the sweep reaches it, so the order queue
+    // is at least as long as the map: judged on its own.
+    if sparse(st.mail_order.len(), st.mail_order.capacity()) {
+        st.mail_order.shrink_to(room(st.mail_order.len()));
     }
 }
 
@@ -419,9 +460,56 @@ fn idle(mb: &Mailbox, s: u32) -> Idle {
 
 #[cfg(test)]
 mod tests {
-    use crate::node::{block_on_until, NodeConfig, NodeCore};
+    use super::super::State;
+    use super::{detach_mail, insert_mail, shrink_mail};
+    use crate::node::mailbox::{MailMap, Mailbox, ATTACHED};
+    use crate::node::{block_on_until, NodeConfig, NodeCore, StreamKey};
+    use std::sync::Arc;
     use std::task::{Context, Waker};
     use std::time::{Duration, Instant};
+
+    /// A burst of busy streams (each attached a mailbox) grows the mailbox tables; once
+    /// the sweep detached them, the tables shrink back (hash tables keep their room on
+    /// removals), and the handles' table is a fresh one with what is still attached.
+    #[test]
+    fn mail_tables_shrink_after_a_burst() {
+        let map = MailMap::default();
+        let mut st = State::default();
+        let key = |id| StreamKey { link: 7, id };
+        for id in 0..50_000u64 {
+            insert_mail(&map, &mut st, Arc::new(Mailbox::new(key(id), ATTACHED)));
+        }
+        assert!(st.mail.capacity() >= 50_000);
+        let burst_table = map.table();
+        for id in 10..50_000u64 {
+            detach_mail(&map, &mut st, key(id));
+        }
+        shrink_mail(&map, &mut st);
+        assert!(st.mail.capacity() < 1024, "map room {}", st.mail.capacity());
+        assert!(
+            !Arc::ptr_eq(&burst_table, &map.table()),
+            "handles' table kept"
+        );
+        assert_eq!(map.len(), 10);
+        assert!((0..10).all(|id| map.get(&key(id)).is_some()));
+        assert!(map.get(&key(10)).is_none());
+        // A handle that loaded the burst's table just before the swap still finds
+        // what was attached then.
+        assert!(burst_table.pin().get(&key(3)).is_some());
+        // The order queue still holds the detached keys until the sweep visits them.
+        assert!(st.mail_order.capacity() >= 50_000);
+        st.mail_order.retain(|k| st.mail.contains_key(k));
+        shrink_mail(&map, &mut st);
+        assert!(
+            st.mail_order.capacity() < 1024,
+            "order room {}",
+            st.mail_order.capacity()
+        );
+        // Nothing to shrink any more: the table stays.
+        let t = map.table();
+        shrink_mail(&map, &mut st);
+        assert!(Arc::ptr_eq(&t, &map.table()));
+    }
 
     /// A user thread that holds a mailbox lock (say, descheduled inside its critical
     /// section) makes the shard queue one retry for that mailbox, not a pile that
@@ -444,11 +532,7 @@ mod tests {
         let mut acc = Box::pin(l.queue().recv());
         let s = block_on_until(&mut acc, until).unwrap().unwrap().stream;
         let shared = node.shared().clone();
-        let mb = shared.mail[0]
-            .pin()
-            .get(&s.key())
-            .cloned()
-            .expect("a mailbox");
+        let mb = shared.mail[0].get(&s.key()).expect("a mailbox");
         let held = mb.recv.lock().unwrap();
         // Bytes arrive for the held mailbox: the shard finds its lock taken.
         let mut cx = Context::from_waker(Waker::noop());
