@@ -32,7 +32,6 @@ impl Transport {
         use std::os::fd::{FromRawFd, IntoRawFd};
         s.set_nodelay(true)?;
         s.set_nonblocking(true)?;
-        bound_kernel_queues(&s);
         let fd = s.into_raw_fd();
         // SAFETY: `into_raw_fd` gave up ownership of a valid, open socket descriptor;
         // `from_raw_fd` takes that ownership exactly once, so the descriptor is closed
@@ -174,48 +173,6 @@ impl Transport {
     }
 }
 
-/// Unsent bytes a link socket holds before it stops taking writes (`TCP_NOTSENT_LOWAT`).
-const NOTSENT_LOWAT: i32 = 64 * 1024;
-/// Receive buffer of a link socket over loopback (`SO_RCVBUF`; the kernel doubles it).
-const LOOPBACK_RCVBUF: usize = 256 * 1024;
-
-/// Keeps the bytes that wait in the kernel for a link small, so that they wait in the
-/// link's core instead, where streams take turns frame by frame.
-///
-/// Whatever one stream has in the socket buffers, every other stream's next frame
-/// waits behind. Over loopback TCP autotunes both buffers to megabytes (the RTT it
-/// sees is scheduling delay): during `astranet-bench hol` a bulk stream kept up to
-/// 3.5 MB in the link's two sockets (`ss` Recv-Q + Send-Q, sampled), about 2 ms at its
-/// 1.8 GB/s, ahead of each 64-byte rpc request. With both bounds below: at most 0.53 MB
-/// (p90 0.46 MB), and the bulk stream alone ran no slower (1.6-2.2 vs 1.4 GB/s, 3
-/// runs each, busy machine).
-/// - `TCP_NOTSENT_LOWAT` (all links): the socket takes writes only while fewer than
-///   64 KiB are unsent. What is already sent still fills the path (cwnd), so it costs
-///   remote links nothing; the usual setting of HTTP/2 servers for the same reason.
-/// - `SO_RCVBUF` (loopback links only): fixing the size turns receive autotuning off,
-///   which a remote link needs to fill its bandwidth-delay product; over loopback
-///   256 KiB keeps a lone bulk stream at full speed.
-///
-/// Best effort: a kernel that refuses either option leaves the socket as it was.
-fn bound_kernel_queues(s: &std::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let lowat = NOTSENT_LOWAT;
-    // SAFETY: `s` is an open socket for the duration of the call, and the option value
-    // points to a live `c_int` of the length given.
-    let _ = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            std::ptr::from_ref(&lowat).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if s.peer_addr().is_ok_and(|a| a.ip().is_loopback()) {
-        let _ = socket2::SockRef::from(s).set_recv_buffer_size(LOOPBACK_RCVBUF);
-    }
-}
-
 /// Chunks in flight between a link and its IO threads, each way.
 const THREAD_QUEUE: usize = 16;
 const CHUNK: usize = 64 * 1024;
@@ -333,52 +290,6 @@ impl ThreadIo {
         self.output = None;
         if let Some(c) = self.closer.take() {
             c();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::AsRawFd;
-
-    fn notsent_lowat(s: &std::net::TcpStream) -> i32 {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `s` is open; `v` and `len` are live and describe a `c_int`.
-        let r = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NOTSENT_LOWAT,
-                std::ptr::from_mut(&mut v).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(r, 0, "getsockopt: {}", io::Error::last_os_error());
-        v
-    }
-
-    /// A loopback link socket keeps little in the kernel: unsent bytes and the receive
-    /// buffer are bounded (see `bound_kernel_queues`), so the link's own scheduler, not
-    /// the socket buffers, decides which stream's frame goes next.
-    #[test]
-    fn loopback_link_sockets_bound_their_kernel_queues() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (b, _) = l.accept().unwrap();
-        let before = socket2::SockRef::from(&b).recv_buffer_size().unwrap();
-        bound_kernel_queues(&a);
-        bound_kernel_queues(&b);
-        for s in [&a, &b] {
-            assert_eq!(notsent_lowat(s), NOTSENT_LOWAT);
-            // Linux reports twice the size set (its bookkeeping overhead); a socket
-            // left alone starts at tcp_rmem's default (128 KiB) and autotunes upwards.
-            let rcv = socket2::SockRef::from(s).recv_buffer_size().unwrap();
-            assert!(
-                (LOOPBACK_RCVBUF..=2 * LOOPBACK_RCVBUF).contains(&rcv),
-                "rcvbuf {rcv} (was {before})"
-            );
         }
     }
 }
