@@ -819,10 +819,7 @@ async fn run_shard(idx: u32, node: Arc<NodeShared>) {
     let mut batch = Vec::with_capacity(256);
     loop {
         inbox.next_batch(&mut batch, 256).await;
-        for c in batch.drain(..) {
-            shard.handle(c);
-        }
-        shard.end_batch();
+        shard.handle_batch(&mut batch);
         shard.flush();
         if shard.is_stopped() {
             shard.fail_all_mail();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// Pieces one vectored socket write takes at most (Linux's `IOV_MAX` is 1024).
-pub(crate) const MAX_IOV: usize = 64;
+const MAX_IOV: usize = 64;
 /// Largest read through the scratch buffer (TLS and attached transports).
 const SCRATCH_MAX: usize = 64 * 1024;
 
@@ -77,14 +77,10 @@ impl Transport {
         };
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let n = tx.io_slices(&mut iov);
-        let fd = s.as_raw_fd();
-        // SAFETY: `fd` is the open socket `s` owns; `s` is borrowed for this whole
-        // function, so the descriptor stays open (and is not reused) while `b` lives.
-        let b = unsafe { BorrowedFd::borrow_raw(fd) };
         // MSG_DONTWAIT: not every link socket is in non-blocking mode (glommio's own
         // calls pass the flag too), and a shard must never block in a syscall.
         let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-        match SockRef::from(&b).send_vectored_with_flags(&iov[..n], flags) {
+        match with_sock(s, |sock| sock.send_vectored_with_flags(&iov[..n], flags)) {
             Ok(k) => Poll::Ready(Ok(k)),
             // No room: glommio's own write tries once more, then arms the reactor to
             // wake us when the socket takes bytes again.
@@ -111,12 +107,8 @@ impl Transport {
     ) -> Poll<io::Result<usize>> {
         let max = max.min(buf.capacity() - buf.len());
         if let Transport::Tcp(s) = self {
-            let fd = s.as_raw_fd();
-            // SAFETY: as in `poll_write_tx`: `s` owns the open descriptor for the whole
-            // borrow.
-            let b = unsafe { BorrowedFd::borrow_raw(fd) };
             let spare = &mut buf.spare_capacity_mut()[..max];
-            match SockRef::from(&b).recv_with_flags(spare, libc::MSG_DONTWAIT) {
+            match with_sock(s, |sock| sock.recv_with_flags(spare, libc::MSG_DONTWAIT)) {
                 Ok(n) => {
                     // SAFETY: `recv` initialised the first `n` bytes of the spare
                     // capacity (it returns how many it wrote), and `n <= max <= spare`.
@@ -171,6 +163,15 @@ impl Transport {
             Transport::Threads(t) => t.close(),
         }
     }
+}
+
+/// Runs `f` on a socket2 view of `s`'s descriptor, for the calls glommio lacks
+/// (vectored sends, receives into uninitialised memory).
+fn with_sock<R>(s: &glommio::net::TcpStream, f: impl FnOnce(SockRef<'_>) -> R) -> R {
+    // SAFETY: `s` owns the open socket descriptor and is borrowed for this whole call,
+    // so the descriptor stays open (and is not reused) while `b` and the view live.
+    let b = unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) };
+    f(SockRef::from(&b))
 }
 
 /// Chunks in flight between a link and its IO threads, each way.

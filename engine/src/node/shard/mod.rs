@@ -448,10 +448,14 @@ impl Shard {
         }
         let mut batch = Vec::new();
         self.node.inboxes[self.idx as usize].try_batch(&mut batch, 256);
-        if batch.is_empty() {
-            return;
+        if !batch.is_empty() {
+            self.handle_batch(&mut batch);
         }
-        for c in batch {
+    }
+
+    /// Handles a batch of inbox commands in order, then what follows every batch.
+    pub(crate) fn handle_batch(self: &Rc<Self>, batch: &mut Vec<Cmd>) {
+        for c in batch.drain(..) {
             self.handle(c);
         }
         self.end_batch();
