@@ -86,9 +86,9 @@ type MailTable = papaya::HashMap<StreamKey, Arc<Mailbox>, hashbrown::DefaultHash
 
 impl Default for MailMap {
     fn default() -> Self {
-        Self(arc_swap::ArcSwap::from_pointee(papaya::HashMap::with_hasher(
-            hashbrown::DefaultHashBuilder::default(),
-        )))
+        Self(arc_swap::ArcSwap::from_pointee(
+            papaya::HashMap::with_hasher(hashbrown::DefaultHashBuilder::default()),
+        ))
     }
 }
 
