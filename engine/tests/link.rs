@@ -4,7 +4,7 @@ mod common;
 
 use astranet_engine::proto::frame::{self, Frame, Hello, PREAMBLE, VERSION};
 use astranet_engine::proto::{
-    ErrorCode, Event, Link, LinkConfig, LinkError, OpenHeader, Recv, StreamError,
+    ErrorCode, Event, Link, LinkConfig, LinkError, OpenHeader, Recv, StreamError, StreamId,
 };
 use bytes::{Bytes, BytesMut};
 use common::*;
@@ -299,6 +299,57 @@ fn busy_stream_window_grows_within_cap() {
     assert!(largest > init * 4, "window grew: {largest}");
     assert!(largest <= LinkConfig::default().max_window as usize);
     assert!(total > 0);
+}
+
+/// Busy streams share the link's receive budget: one stream alone grows to the whole
+/// budget, and once three more are busy it gives back what is above its share, so
+/// none keeps a window larger than the others' (fanout fairness).
+#[test]
+fn grown_windows_share_the_budget() {
+    let init = LinkConfig::default().initial_window as usize;
+    let cb = LinkConfig {
+        recv_budget: 4 * init as u64,
+        ..cfg(B_ID)
+    };
+    let mut p = Pair::with(cfg(A_ID), cb);
+    let ids: Vec<StreamId> = (0..4).map(|_| p.open_ab()).collect();
+    // One round: each stream sends what its credit allows, the reader drains it all.
+    let round = |p: &mut Pair, ids: &[StreamId]| -> Vec<usize> {
+        let taken: Vec<usize> = ids
+            .iter()
+            .map(|&id| {
+                let mut d = Bytes::from(vec![3u8; 8 << 20]);
+                p.a.send(id, &mut d).unwrap()
+            })
+            .collect();
+        p.pump();
+        for &id in ids {
+            read_all(&mut p.b, id, &mut Vec::new());
+        }
+        p.pump();
+        taken
+    };
+    // Alone, stream 0 grows past the initial window (what a round takes is the credit
+    // back by then: the window less the last unacknowledged quarter).
+    let alone = (0..50).map(|_| round(&mut p, &ids[..1])[0]).max().unwrap();
+    assert!(alone >= 4 * init, "alone it grew: {alone}");
+    // All four busy: after a settling period each moves the same per round. Without
+    // the fair share, stream 0 kept the whole budget and moved 4 x what the others did.
+    for _ in 0..20 {
+        round(&mut p, &ids);
+    }
+    let mut moved = [0usize; 4];
+    for _ in 0..40 {
+        for (m, n) in moved.iter_mut().zip(round(&mut p, &ids)) {
+            *m += n;
+        }
+    }
+    let (lo, hi) = (*moved.iter().min().unwrap(), *moved.iter().max().unwrap());
+    assert!(hi * 4 <= lo * 5, "shares within 25 %: {moved:?}");
+    assert!(
+        lo >= 40 * init,
+        "every stream at least its initial window per round: {moved:?}"
+    );
 }
 
 #[test]

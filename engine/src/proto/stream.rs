@@ -28,6 +28,9 @@ pub(crate) const LINK_WAIT: u16 = 1 << 13;
 /// Opened by the neighbour itself (not relayed through it): its resets and our
 /// refusals count against the neighbour's reset budget.
 pub(crate) const FROM_PEER: u16 = 1 << 14;
+/// Window-limited at some point: counted in `Link::sharing_streams`, among which the
+/// link's receive budget is split.
+pub(crate) const SHARING: u16 = 1 << 15;
 
 /// A stream's queued bytes, kept apart from [`Stream`] and only while non-empty.
 #[derive(Debug, Default)]

@@ -281,6 +281,9 @@ pub struct Link {
     ready: VecDeque<StreamId>,
     events: VecDeque<Event>,
     budget_used: u64,
+    /// Streams flagged `SHARING` (window-limited at some point, not freed since): the
+    /// receive budget is split among them.
+    sharing_streams: u32,
     last_recv: Instant,
     ping_sent_at: Option<Instant>,
     ping_interval: Duration,
@@ -387,6 +390,7 @@ impl Link {
             ready: VecDeque::new(),
             events: VecDeque::new(),
             budget_used: 0,
+            sharing_streams: 0,
             last_recv: now,
             ping_sent_at: None,
             ping_interval,

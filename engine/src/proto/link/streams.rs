@@ -3,7 +3,7 @@
 //! freeing a finished stream's state.
 
 use super::transmit::stream_room;
-use super::{Event, Link, LinkError, Phase, Recv, StreamError};
+use super::{Event, Link, LinkConfig, LinkError, Phase, Recv, StreamError};
 use crate::proto::frame::{ErrorCode, Frame, OpenHeader, StreamId, MAX_STREAM_ID};
 use crate::proto::stream::*;
 use bytes::Bytes;
@@ -317,6 +317,10 @@ impl Link {
     pub(super) fn release_window(&mut self, id: StreamId) {
         if let Some(s) = self.streams.get_mut(&id) {
             let grown = u64::from(s.recv_window.saturating_sub(self.cfg.initial_window));
+            if s.has(SHARING) {
+                s.clear(SHARING);
+                self.sharing_streams -= 1;
+            }
             s.recv_window = self.cfg.initial_window;
             self.budget_used = self.budget_used.saturating_sub(grown);
         }
@@ -326,7 +330,6 @@ impl Link {
     /// streams whose reader keeps up (auto-tuning), within the link budget.
     /// `held`: bytes taken out with [`Link::recv_take`] and not yet read.
     fn maybe_send_window(&mut self, id: StreamId, held: usize) {
-        let max = self.cfg.max_window;
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -348,19 +351,37 @@ impl Link {
         }
         let mut inc = s.recv_unacked;
         // The sender ran (nearly) dry while the reader drained everything: the window is
-        // what limits this stream, so grow it.
-        if buffered <= (s.recv_window / 4) as usize && s.recv_window < max {
-            let want = (u64::from(s.recv_window) * 2).min(u64::from(max));
+        // what limits this stream. It joins the streams sharing the budget (whether or
+        // not any budget is left: counting it makes the others give some back).
+        let limited = buffered <= (s.recv_window / 4) as usize;
+        if limited && !s.has(SHARING) {
+            s.set(SHARING);
+            self.sharing_streams += 1;
+        }
+        let fair = fair_window(&self.cfg, self.sharing_streams);
+        if s.recv_window > fair {
+            // More streams share the budget than when this one grew: give back what is
+            // above its share by returning less credit than was consumed (never below
+            // what the peer may already send).
+            let cut = (s.recv_window - fair).min(inc);
+            s.recv_window -= cut;
+            inc -= cut;
+            self.budget_used -= u64::from(cut);
+        } else if limited && s.recv_window < fair {
+            // Grow it, within its share and what is left of the budget.
+            let want = (u64::from(s.recv_window) * 2).min(u64::from(fair));
             let extra = (want - u64::from(s.recv_window))
                 .min(self.cfg.recv_budget.saturating_sub(self.budget_used));
-            if extra > 0 {
-                s.recv_window += extra as u32;
-                inc += extra as u32;
-                self.budget_used += extra;
-            }
+            s.recv_window += extra as u32;
+            inc += extra as u32;
+            self.budget_used += extra;
         }
         s.recv_unacked = 0;
         s.recv_avail += inc;
+        if inc == 0 {
+            // All of it went to the cut: the peer keeps the credit it has.
+            return;
+        }
         self.push_ctrl(&Frame::Window {
             id,
             ack: false,
@@ -401,4 +422,13 @@ impl Link {
             max: self.peer_credit,
         });
     }
+}
+
+/// The largest window a stream may keep while `sharing` streams share the link's
+/// receive budget: its share of the budget on top of `initial_window`, at most
+/// `max_window`. Without the cap the first streams to grow keep up to `max_window`
+/// each (16 of them take a 64 MiB budget) and the rest crawl at `initial_window`.
+fn fair_window(cfg: &LinkConfig, sharing: u32) -> u32 {
+    let share = cfg.recv_budget / u64::from(sharing.max(1));
+    (u64::from(cfg.initial_window) + share).min(u64::from(cfg.max_window)) as u32
 }
