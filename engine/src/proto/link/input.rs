@@ -132,7 +132,9 @@ impl Link {
                     self.push_ctrl(&Frame::Ping { ack: true, opaque });
                 } else if let Some((sent, at)) = self.rtt_probe {
                     if sent == opaque {
-                        self.rtt = Some(self.now.saturating_duration_since(at));
+                        let rtt = self.now.saturating_duration_since(at);
+                        self.rtt = Some(rtt);
+                        self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
                         self.rtt_probe = None;
                     }
                 }

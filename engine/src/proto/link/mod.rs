@@ -39,6 +39,15 @@ pub struct LinkConfig {
     pub initial_window: u32,
     /// Largest a busy stream's receive window grows to.
     pub max_window: u32,
+    /// Rate one stream should be able to reach: a busy stream's window grows to what
+    /// keeps it flowing over the link's smallest measured round trip (rate x RTT),
+    /// within `[window_floor, max_window]`. Bytes in flight beyond that only queue in
+    /// socket buffers, where every other stream's frames wait behind them.
+    pub window_target_rate: u64,
+    /// The window a busy stream may always grow to, whatever the round trip (on
+    /// loopback or in one rack the rate x RTT product is tiny, while scheduling delays
+    /// still call for some slack).
+    pub window_floor: u32,
     /// Per-link receive budget: the sum of window growth above `initial_window` over
     /// all streams of the link never exceeds it.
     pub recv_budget: u64,
@@ -76,6 +85,8 @@ impl Default for LinkConfig {
             max_frame_size: 64 * 1024,
             initial_window: 64 * 1024,
             max_window: 4 * 1024 * 1024,
+            window_target_rate: 2_500_000_000,
+            window_floor: 512 * 1024,
             recv_budget: 64 * 1024 * 1024,
             max_streams: 1 << 20,
             keepalive_interval: Duration::from_secs(10),
@@ -304,6 +315,9 @@ pub struct Link {
     /// The PING whose answer measures the round-trip time: (opaque, sent at).
     rtt_probe: Option<(u64, Instant)>,
     rtt: Option<Duration>,
+    /// The smallest round trip measured so far: the path's own delay, without the
+    /// queueing a busy link adds to later samples.
+    min_rtt: Option<Duration>,
     /// The node id the transport authenticated (TLS certificate): the HELLO must claim
     /// exactly this id.
     authenticated: Option<u64>,
@@ -341,7 +355,7 @@ impl Link {
     }
 
     /// Sends a PING whose answer measures the round-trip time.
-    fn probe(&mut self, now: Instant) {
+    pub(super) fn probe(&mut self, now: Instant) {
         self.ping_counter += 1;
         let opaque = self.ping_counter;
         self.push_ctrl(&Frame::Ping { ack: false, opaque });
@@ -408,6 +422,7 @@ impl Link {
             },
             rtt_probe: None,
             rtt: None,
+            min_rtt: None,
             authenticated: None,
         }
     }
