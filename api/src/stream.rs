@@ -277,6 +277,14 @@ impl AsyncStream {
     }
 }
 
+impl AsyncStream {
+    /// The engine's handle (for adapters that read chunks straight into their own
+    /// buffers).
+    pub(crate) fn handle(&self) -> &StreamRef {
+        &self.r
+    }
+}
+
 impl futures_io::AsyncRead for AsyncStream {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -74,12 +74,25 @@ impl From<AsyncStream> for TokioStream {
 }
 
 impl tokio::io::AsyncRead for TokioStream {
+    /// Copies queued bytes straight into `buf`'s unfilled part, initialised or not.
+    /// (Through `Compat`, every read would first zero all of it: hyper hands over a
+    /// fresh uninitialised view of its read buffer each time, and that memset was
+    /// 2.5 % of an HTTP/1 profile.) Cancel-safe: nothing is taken unless it returns
+    /// `Ready`.
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let handle = self.inner.get_ref().handle();
+        let mut chunks = std::task::ready!(handle.poll_read_chunks(cx, buf.remaining()))?;
+        while let Some(c) = chunks.pop_chunk() {
+            buf.put_slice(&c);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -175,7 +175,8 @@ impl StreamRef {
         self.with_mailbox(cx, |mb, cx| {
             let mut report = false;
             let r = mb.poll_read_chunks(cx, max, &mut report);
-            if report {
+            // As `poll_read`: a mailbox the shard has not attached yet must be looked at.
+            if report || mb.state() & mailbox::ATTACHED == 0 {
                 self.notify(mb);
             }
             r
