@@ -276,6 +276,9 @@ pub struct Link {
     /// Byte queues of streams that have data queued, and only those: an idle stream
     /// costs its small `streams` entry and nothing here.
     bufs: HashMap<StreamId, Bufs>,
+    /// Receive windows of streams whose window grew past `initial_window` (flag
+    /// `GROWN`), and only those: kept out of `streams` so an idle entry stays small.
+    grown: HashMap<StreamId, u32>,
     /// OPEN headers of streams whose OPEN frame is not sent yet.
     pending_open: HashMap<StreamId, OpenHeader>,
     ready: VecDeque<StreamId>,
@@ -383,6 +386,7 @@ impl Link {
             highest_peer_n: 0,
             streams: HashMap::new(),
             bufs: HashMap::new(),
+            grown: HashMap::new(),
             pending_open: HashMap::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
@@ -525,6 +529,7 @@ impl Link {
         self.phase = Phase::Closed;
         self.streams.clear();
         self.bufs.clear();
+        self.grown.clear();
         self.send_queued = 0;
         self.link_blocked.clear();
         self.pending_open.clear();
