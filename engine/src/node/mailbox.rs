@@ -139,20 +139,24 @@ impl MailMap {
 
 /// Received bytes waiting for readers.
 #[derive(Default)]
+///
+/// The counters are `u32`: the bytes a stream holds here, read or not, stay within its
+/// receive window (a `u32`), and the narrower fields keep `Mailbox` in the same
+/// allocator size class (224 bytes with its `Arc` counts) as before `ChunkQ` grew it.
 pub(crate) struct RecvSide {
-    pub(crate) q: VecDeque<Bytes>,
-    pub(crate) bytes: usize,
+    pub(crate) q: ChunkQ,
+    pub(crate) bytes: u32,
     /// Bytes readers took that the shard has not reported to the core yet.
-    pub(crate) consumed: usize,
+    pub(crate) consumed: u32,
     /// Report `consumed` to the shard once it reaches this (the core's next credit).
-    pub(crate) due: usize,
+    pub(crate) due: u32,
     pub(crate) wakers: Vec<Waker>,
 }
 
 /// Written bytes waiting for the stream's credit.
 #[derive(Default)]
 pub(crate) struct SendSide {
-    pub(crate) q: VecDeque<Bytes>,
+    pub(crate) q: ChunkQ,
     pub(crate) bytes: usize,
     pub(crate) wakers: Vec<Waker>,
 }
@@ -179,15 +183,62 @@ fn add_waker(v: &mut Vec<Waker>, w: &Waker) {
     }
 }
 
-/// Queues a chunk on a mailbox side. A side's first chunk gets a queue of room for
-/// exactly one (32 bytes, not the four a `VecDeque` starts with): most streams queue
-/// one chunk at a time, and a mailbox keeps its queues' room until it is detached,
-/// which for a million busy streams is a quarter of a KiB each.
-pub(crate) fn push_chunk(q: &mut VecDeque<Bytes>, b: Bytes) {
-    if q.capacity() == 0 {
-        q.reserve_exact(1);
+/// A mailbox side's queue of chunks, the first one inline. Most streams queue one
+/// chunk at a time, and a mailbox keeps its queues until it is detached: a
+/// `VecDeque`'s buffer for that one chunk was a heap block each side (48 bytes with
+/// glibc's header), a tenth of a KiB per busy stream for a million of them. The
+/// overflow queue is allocated when a second chunk waits and then kept while the
+/// mailbox lives, as the `VecDeque` kept its room (a stream that queued two chunks
+/// once likely will again; no allocation churn per burst).
+#[derive(Default)]
+pub(crate) struct ChunkQ {
+    /// The oldest chunk; `None` only when the whole queue is empty.
+    first: Option<Bytes>,
+    // Boxed on purpose: 8 bytes in every mailbox side instead of a `VecDeque`'s 32,
+    // for a queue few streams ever need.
+    #[allow(clippy::box_collection)]
+    rest: Option<Box<VecDeque<Bytes>>>,
+}
+
+impl ChunkQ {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
     }
-    q.push_back(b);
+
+    pub(crate) fn front_mut(&mut self) -> Option<&mut Bytes> {
+        self.first.as_mut()
+    }
+
+    pub(crate) fn push_back(&mut self, b: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(b);
+        } else {
+            self.rest.get_or_insert_with(Default::default).push_back(b);
+        }
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<Bytes> {
+        let out = self.first.take()?;
+        self.first = self.rest.as_mut().and_then(|r| r.pop_front());
+        Some(out)
+    }
+
+    /// Every chunk, oldest first, as one queue.
+    pub(crate) fn into_deque(self) -> VecDeque<Bytes> {
+        let mut v = self.rest.map_or_else(VecDeque::new, |r| *r);
+        if let Some(f) = self.first {
+            v.push_front(f);
+        }
+        v
+    }
+
+    /// Drops every chunk (the overflow queue keeps its room, as above).
+    pub(crate) fn clear(&mut self) {
+        self.first = None;
+        if let Some(r) = &mut self.rest {
+            r.clear();
+        }
+    }
 }
 
 /// Wakes everything in `v` (taken out under the lock, woken after it).
@@ -292,8 +343,9 @@ impl Mailbox {
             } else {
                 front.split_to(take)
             };
-            r.bytes -= take;
-            r.consumed += take;
+            // `take` is at most `r.bytes`, a u32.
+            r.bytes -= take as u32;
+            r.consumed += take as u32;
             *report |= r.consumed >= r.due;
             let more = !r.q.is_empty();
             drop(r);
@@ -334,8 +386,9 @@ impl Mailbox {
             got += take;
             out.push(chunk);
         }
-        r.bytes -= got;
-        r.consumed += got;
+        // `got` is at most `r.bytes`, a u32.
+        r.bytes -= got as u32;
+        r.consumed += got as u32;
         *report = r.consumed >= r.due;
         Poll::Ready(Ok(out))
     }
@@ -390,7 +443,7 @@ impl Mailbox {
         let b = make(n);
         let mut w = lock(&self.send);
         w.bytes += n;
-        push_chunk(&mut w.q, b);
+        w.q.push_back(b);
         Poll::Ready(Ok(n))
     }
 
@@ -421,19 +474,48 @@ impl Mailbox {
 
 #[cfg(test)]
 mod tests {
-    use super::push_chunk;
+    use super::{ChunkQ, Mailbox};
     use bytes::Bytes;
-    use std::collections::VecDeque;
 
-    /// A side's first chunk takes room for one, not four; more grow as usual.
+    /// The queue is FIFO across the inline chunk and the overflow, and a side that
+    /// held one chunk at a time never allocated.
     #[test]
-    fn a_first_chunk_gets_room_for_one() {
-        let mut q = VecDeque::new();
-        push_chunk(&mut q, Bytes::from_static(b"echo"));
-        assert_eq!(q.capacity(), 1);
-        push_chunk(&mut q, Bytes::from_static(b"more"));
-        push_chunk(&mut q, Bytes::from_static(b"again"));
-        assert_eq!(q.len(), 3);
+    fn chunk_queue_is_fifo_and_holds_one_inline() {
+        let mut q = ChunkQ::default();
+        assert!(q.is_empty() && q.pop_front().is_none());
+        q.push_back(Bytes::from_static(b"echo"));
+        assert!(q.rest.is_none());
         assert_eq!(q.pop_front().as_deref(), Some(&b"echo"[..]));
+        assert!(q.is_empty() && q.rest.is_none());
+        for w in [&b"a"[..], b"bc", b"def"] {
+            q.push_back(Bytes::from_static(w));
+        }
+        q.front_mut().unwrap().clear();
+        assert_eq!(q.pop_front().as_deref(), Some(&b""[..]));
+        assert_eq!(q.pop_front().as_deref(), Some(&b"bc"[..]));
+        q.push_back(Bytes::from_static(b"g"));
+        assert_eq!(q.pop_front().as_deref(), Some(&b"def"[..]));
+        assert_eq!(q.pop_front().as_deref(), Some(&b"g"[..]));
+        assert!(q.is_empty());
+        for w in [&b"h"[..], b"i", b"j"] {
+            q.push_back(Bytes::from_static(w));
+        }
+        assert_eq!(q.pop_front().as_deref(), Some(&b"h"[..]));
+        let mut q = std::mem::take(&mut q).into_deque();
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.pop_front().as_deref(), Some(&b"i"[..]));
+        let mut q = ChunkQ::default();
+        q.push_back(Bytes::from_static(b"k"));
+        q.push_back(Bytes::from_static(b"l"));
+        q.clear();
+        assert!(q.is_empty() && q.pop_front().is_none());
+    }
+
+    /// A busy stream holds one mailbox, with its `Arc` counts 224 bytes: mimalloc's
+    /// size class (glibc's chunk is 240), so any growth shows here.
+    #[test]
+    fn mailbox_is_small() {
+        let size = std::mem::size_of::<Mailbox>() + 16;
+        assert!(size <= 224, "ArcInner<Mailbox> is {size} bytes");
     }
 }
