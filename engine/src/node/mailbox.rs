@@ -31,6 +31,7 @@ use super::{Cmd, NodeShared, StreamKey};
 use crate::proto::BufQueue;
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -134,6 +135,72 @@ impl MailMap {
     #[cfg(test)]
     pub(crate) fn table(&self) -> Arc<papaya::HashMap<StreamKey, Arc<Mailbox>>> {
         self.0.load_full()
+    }
+}
+
+/// The shard's own record of its attached mailboxes, found by stream key: a table of
+/// the `Arc`s alone (each mailbox knows its key), 8 bytes a slot where a map that
+/// also stores the 16-byte key takes 24. A burst of a million busy streams grows it to
+/// 2^21 slots until the sweep has detached them and it shrinks (`shrink_mail`).
+#[derive(Default)]
+pub(crate) struct Mailboxes {
+    table: hashbrown::HashTable<Arc<Mailbox>>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Mailboxes {
+    pub(crate) fn get(&self, key: &StreamKey) -> Option<&Arc<Mailbox>> {
+        self.table
+            .find(self.hasher.hash_one(key), |m| m.key == *key)
+    }
+
+    pub(crate) fn contains_key(&self, key: &StreamKey) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Records `mb` under its key; returns the mailbox it replaced, if any.
+    pub(crate) fn insert(&mut self, mb: Arc<Mailbox>) -> Option<Arc<Mailbox>> {
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(&mb.key);
+        match self
+            .table
+            .entry(hash, |m| m.key == mb.key, |m| hasher.hash_one(m.key))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                Some(std::mem::replace(e.get_mut(), mb))
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(mb);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, key: &StreamKey) -> Option<Arc<Mailbox>> {
+        let hash = self.hasher.hash_one(key);
+        let e = self.table.find_entry(hash, |m| m.key == *key).ok()?;
+        Some(e.remove().0)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    pub(crate) fn shrink_to(&mut self, min: usize) {
+        let hasher = &self.hasher;
+        self.table.shrink_to(min, |m| hasher.hash_one(m.key));
+    }
+
+    pub(crate) fn values(&self) -> impl ExactSizeIterator<Item = &Arc<Mailbox>> {
+        self.table.iter()
+    }
+
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Arc<Mailbox>> + '_ {
+        self.table.drain()
     }
 }
 
@@ -474,8 +541,10 @@ impl Mailbox {
 
 #[cfg(test)]
 mod tests {
-    use super::{ChunkQ, Mailbox};
+    use super::{ChunkQ, Mailbox, Mailboxes};
+    use crate::node::StreamKey;
     use bytes::Bytes;
+    use std::sync::Arc;
 
     /// The queue is FIFO across the inline chunk and the overflow, and a side that
     /// held one chunk at a time never allocated.
@@ -509,6 +578,33 @@ mod tests {
         q.push_back(Bytes::from_static(b"l"));
         q.clear();
         assert!(q.is_empty() && q.pop_front().is_none());
+    }
+
+    /// The shard's table finds, replaces and removes mailboxes by their own key,
+    /// through growth and shrinking.
+    #[test]
+    fn mailboxes_by_their_key() {
+        let key = |id| StreamKey { link: 3, id };
+        let mut t = Mailboxes::default();
+        for id in 0..5000 {
+            assert!(t.insert(Arc::new(Mailbox::new(key(id), 0))).is_none());
+        }
+        assert_eq!(t.len(), 5000);
+        let again = Arc::new(Mailbox::new(key(7), 0));
+        let old = t.insert(again.clone()).expect("replaced");
+        assert!(!Arc::ptr_eq(&old, &again) && Arc::ptr_eq(t.get(&key(7)).unwrap(), &again));
+        for id in 10..5000 {
+            assert_eq!(t.remove(&key(id)).map(|m| m.key), Some(key(id)));
+        }
+        assert!(t.remove(&key(10)).is_none() && !t.contains_key(&key(4999)));
+        t.shrink_to(20);
+        assert!(t.capacity() < 100, "room {}", t.capacity());
+        assert!((0..10).all(|id| t.get(&key(id)).is_some_and(|m| m.key == key(id))));
+        assert_eq!(t.values().len(), 10);
+        assert_eq!(t.drain().count(), 10);
+        assert_eq!(t.len(), 0);
+        // 8 bytes a slot (plus hashbrown's control byte), not 24.
+        assert_eq!(std::mem::size_of::<Arc<Mailbox>>(), 8);
     }
 
     /// A busy stream holds one mailbox, with its `Arc` counts 224 bytes: mimalloc's

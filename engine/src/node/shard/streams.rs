@@ -311,12 +311,7 @@ impl Shard {
     /// Fails everything pending on a dead link.
     pub(super) fn fail_link(&self, st: &mut State, link: super::LinkId, why: &LinkError) {
         let on = |k: &StreamKey| k.link == link;
-        let mbs: Vec<Arc<Mailbox>> = st
-            .mail
-            .iter()
-            .filter(|(k, _)| on(k))
-            .map(|(_, m)| m.clone())
-            .collect();
+        let mbs: Vec<Arc<Mailbox>> = st.mail.values().filter(|m| on(&m.key)).cloned().collect();
         for mb in mbs {
             mb.fail(link_error(why), RERR | WERR);
             self.pump_send(st, &mb);
@@ -382,8 +377,7 @@ impl Shard {
     pub(crate) fn fail_all_mail(&self) {
         let inbox = &self.node.inboxes[self.idx as usize];
         inbox.close();
-        let mut mbs: Vec<Arc<Mailbox>> =
-            self.st.borrow_mut().mail.drain().map(|(_, m)| m).collect();
+        let mut mbs: Vec<Arc<Mailbox>> = self.st.borrow_mut().mail.drain().collect();
         for c in inbox.drain_all() {
             if let Cmd::Mail(m) | Cmd::Service(m) | Cmd::Attach(m) = c {
                 mbs.push(m);
@@ -406,7 +400,7 @@ impl Shard {
 fn insert_mail(map: &MailMap, st: &mut State, mb: Arc<Mailbox>) {
     let key = mb.key;
     map.insert(mb.clone());
-    st.mail.insert(key, mb);
+    st.mail.insert(mb);
     st.mail_order.push_back(key);
 }
 
