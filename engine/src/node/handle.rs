@@ -7,7 +7,7 @@ use super::mailbox::{self, Mailbox};
 pub use super::mailbox::{MAX_STAGED, MAX_WRITE};
 use super::{Cmd, NodeShared, StreamKey};
 use crate::proto::ErrorCode;
-use crate::types::Addr;
+use crate::types::{Addr, NodeId};
 use bytes::Bytes;
 use futures_channel::oneshot;
 use std::io;
@@ -29,28 +29,40 @@ pub struct Incoming {
 
 /// A handle on one stream, held by user code. Dropping the last handle closes the
 /// stream (FIN after queued data; see PROTOCOL.md §5.3).
+///
+/// 40 bytes, the size class below 48 (a million may be held, often boxed): the shard
+/// rides in the top bits of the link id and the flags in the top byte of the stream
+/// id, which both leave them unused (see `SHARD_SHIFT`, `FLAG_SHIFT`).
 pub struct StreamRef {
     node: Arc<NodeShared>,
-    key: StreamKey,
-    peer: Addr,
-    /// Our port; our node is `node.id`. (Kept small: a million of these may be held.)
+    /// The link id (below 2^48, `NodeShared::new_link_id`), the shard above.
+    link_shard: u64,
+    /// The stream id (at most `MAX_STREAM_ID`, 56 bits), `ARMED` and `WRITE_SHUT`
+    /// above.
+    id_flags: u64,
+    peer_node: NodeId,
+    peer_port: u32,
+    /// Our port; our node is `node.id`.
     local_port: u32,
-    shard: u16,
-    /// `ARMED`, `WRITE_SHUT`.
-    flags: u8,
 }
 
+/// Where `StreamRef::link_shard` keeps the shard (below 1024 shards, 10 bits).
+const SHARD_SHIFT: u32 = 48;
+const LINK_MASK: u64 = (1 << SHARD_SHIFT) - 1;
+/// Where `StreamRef::id_flags` keeps the flags: above the 56 bits of a stream id.
+const FLAG_SHIFT: u32 = 56;
+const ID_MASK: u64 = crate::proto::frame::MAX_STREAM_ID;
 /// Dropping the handle releases the stream.
-const ARMED: u8 = 1;
+const ARMED: u64 = 1 << FLAG_SHIFT;
 /// The owner half-closed through this handle ([`StreamRef::set_write_shut`]).
-const WRITE_SHUT: u8 = 2;
+const WRITE_SHUT: u64 = 2 << FLAG_SHIFT;
 
 impl std::fmt::Debug for StreamRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamRef")
             .field("local", &self.local_addr())
-            .field("peer", &self.peer)
-            .field("id", &self.key.id)
+            .field("peer", &self.peer_addr())
+            .field("id", &self.key().id)
             .finish()
     }
 }
@@ -63,45 +75,58 @@ impl StreamRef {
         local: Addr,
         peer: Addr,
     ) -> Self {
+        // Both hold by construction (link ids are counted from 3 and checked in
+        // `new_link_id`, stream ids are checked where frames are decoded or ids made);
+        // a broken one would mix the fields, so tests check them.
+        debug_assert!(key.link <= LINK_MASK && key.id <= ID_MASK);
+        debug_assert!(u64::from(shard) < 1 << (64 - SHARD_SHIFT));
         Self {
             node,
-            shard: shard as u16,
-            key,
+            link_shard: key.link | (u64::from(shard) << SHARD_SHIFT),
+            id_flags: key.id | ARMED,
+            peer_node: peer.node,
+            peer_port: peer.port,
             local_port: local.port,
-            peer,
-            flags: ARMED,
         }
+    }
+
+    /// The shard, as an index.
+    fn shard(&self) -> usize {
+        (self.link_shard >> SHARD_SHIFT) as usize
     }
 
     /// Forget the stream without closing it (the shard refuses it itself, or a
     /// shard-local stream takes over its reference).
     pub(crate) fn disarm(mut self) {
-        self.flags &= !ARMED;
+        self.id_flags &= !ARMED;
     }
 
     /// Records that the owner half-closed through this handle, so that its writes
     /// fail from now on (the API's streams keep this here, in a byte the handle has
     /// spare, rather than grow by a word each).
     pub fn set_write_shut(&mut self) {
-        self.flags |= WRITE_SHUT;
+        self.id_flags |= WRITE_SHUT;
     }
 
     /// Whether [`StreamRef::set_write_shut`] was called on this handle.
     pub fn write_shut(&self) -> bool {
-        self.flags & WRITE_SHUT != 0
+        self.id_flags & WRITE_SHUT != 0
     }
 
     /// The shard the stream's link lives on.
     pub fn shard_index(&self) -> u32 {
-        u32::from(self.shard)
+        self.shard() as u32
     }
 
     pub(crate) fn key(&self) -> StreamKey {
-        self.key
+        StreamKey {
+            link: self.link_shard & LINK_MASK,
+            id: self.id_flags & ID_MASK,
+        }
     }
 
     fn push(&self, cmd: Cmd) {
-        self.node.push(u32::from(self.shard), cmd);
+        self.node.push(self.shard() as u32, cmd);
     }
 
     /// Our address.
@@ -114,7 +139,10 @@ impl StreamRef {
 
     /// The other end's address.
     pub fn peer_addr(&self) -> Addr {
-        self.peer
+        Addr {
+            node: self.peer_node,
+            port: self.peer_port,
+        }
     }
 
     /// Runs `op` inside the stream's mailbox (see `mailbox`): found in the shard's
@@ -124,16 +152,16 @@ impl StreamRef {
         cx: &mut Context<'_>,
         op: impl FnOnce(&Arc<Mailbox>, &mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        let shard = u32::from(self.shard);
-        let map = &self.node.mail[usize::from(self.shard)];
+        let shard = self.shard() as u32;
+        let map = &self.node.mail[self.shard()];
         let mb = loop {
             // Looked up afresh each time: the shard may have swapped the table.
-            let found = map.get(&self.key);
+            let found = map.get(&self.key());
             let Some(mb) = found else {
-                if self.node.inboxes[usize::from(self.shard)].is_closed() {
+                if self.node.inboxes[self.shard()].is_closed() {
                     return Poll::Ready(Err(node_gone()));
                 }
-                let mb = Arc::new(Mailbox::new(self.key, 0));
+                let mb = Arc::new(Mailbox::new(self.key(), 0));
                 mb.wait_attached(cx);
                 self.node.push(shard, Cmd::Attach(mb));
                 return Poll::Pending;
@@ -146,14 +174,14 @@ impl StreamRef {
         };
         let r = op(&mb, cx);
         mb.exit();
-        if r.is_pending() && self.node.inboxes[usize::from(self.shard)].is_closed() {
+        if r.is_pending() && self.node.inboxes[self.shard()].is_closed() {
             return Poll::Ready(Err(node_gone()));
         }
         r
     }
 
     fn notify(&self, mb: &Arc<Mailbox>) {
-        mb.notify(&self.node, u32::from(self.shard));
+        mb.notify(&self.node, self.shard() as u32);
     }
 
     /// Copies bytes that arrived into `buf`; `Ok(0)` means end of stream. Bytes already
@@ -223,7 +251,7 @@ impl StreamRef {
     /// cross-thread wake-up per write and tell the caller nothing a socket would. Fails
     /// when the stream already has a write error or the node is gone.
     pub fn poll_flush(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let found = self.node.mail[usize::from(self.shard)].get(&self.key);
+        let found = self.node.mail[self.shard()].get(&self.key());
         if let Some(mb) = found {
             if mb.enter() {
                 let r = mb.flush();
@@ -232,7 +260,7 @@ impl StreamRef {
             }
         }
         // No mailbox: nothing is staged (a detached mailbox had nothing queued).
-        if self.node.inboxes[usize::from(self.shard)].is_closed() {
+        if self.node.inboxes[self.shard()].is_closed() {
             return Poll::Ready(Err(node_gone()));
         }
         Poll::Ready(Ok(()))
@@ -241,7 +269,7 @@ impl StreamRef {
     /// Half-closes our direction: the FIN goes after the bytes written so far. Never
     /// waits (like `TcpStream::shutdown(Write)`).
     pub fn shutdown_write(&self) -> io::Result<()> {
-        let found = self.node.mail[usize::from(self.shard)].get(&self.key);
+        let found = self.node.mail[self.shard()].get(&self.key());
         if let Some(mb) = found {
             if mb.enter() {
                 let r = mb.shutdown();
@@ -252,35 +280,35 @@ impl StreamRef {
         }
         // No mailbox: nothing is staged, the shard finishes the stream directly (or
         // through a mailbox attached meanwhile, after its bytes).
-        self.push(Cmd::ShutdownWrite(self.key));
+        self.push(Cmd::ShutdownWrite(self.key()));
         Ok(())
     }
 
     /// Aborts the stream with `code` (RESET goes ahead of queued data).
     pub fn reset(&self, code: ErrorCode) {
         self.push(Cmd::Reset {
-            key: self.key,
+            key: self.key(),
             code,
         });
     }
 
     /// Another handle on the same stream.
     pub fn try_clone(&self) -> StreamRef {
-        self.push(Cmd::AddRef(self.key));
+        self.push(Cmd::AddRef(self.key()));
         StreamRef::new(
             self.node.clone(),
-            u32::from(self.shard),
-            self.key,
+            self.shard() as u32,
+            self.key(),
             self.local_addr(),
-            self.peer,
+            self.peer_addr(),
         )
     }
 }
 
 impl Drop for StreamRef {
     fn drop(&mut self) {
-        if self.flags & ARMED != 0 {
-            self.push(Cmd::Release(self.key));
+        if self.id_flags & ARMED != 0 {
+            self.push(Cmd::Release(self.key()));
         }
     }
 }
@@ -346,5 +374,52 @@ impl Drop for ListenerRef {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{NodeConfig, NodeCore};
+
+    /// A million handles may be held, often boxed: 40 bytes is mimalloc's and glibc's
+    /// size class below 48, so any growth shows here first.
+    #[test]
+    fn stream_ref_is_small() {
+        assert_eq!(std::mem::size_of::<StreamRef>(), 40);
+    }
+
+    /// The shard and flags packed above the ids read back, at the largest values each
+    /// field may hold, without disturbing the ids.
+    #[test]
+    fn packed_fields_read_back() {
+        let node = NodeCore::start(NodeConfig {
+            shards: 1,
+            ..NodeConfig::default()
+        })
+        .unwrap();
+        let key = StreamKey {
+            link: LINK_MASK,
+            id: ID_MASK,
+        };
+        let local = Addr {
+            node: node.shared().id,
+            port: u32::MAX,
+        };
+        let peer = Addr {
+            node: NodeId(u64::MAX),
+            port: u32::MAX - 1,
+        };
+        let mut r = StreamRef::new(node.shared().clone(), 1023, key, local, peer);
+        assert_eq!(r.key(), key);
+        assert_eq!(r.shard_index(), 1023);
+        assert_eq!((r.local_addr(), r.peer_addr()), (local, peer));
+        assert!(!r.write_shut());
+        r.set_write_shut();
+        assert!(r.write_shut());
+        assert_eq!((r.key(), r.shard_index()), (key, 1023));
+        // Shard 1023 does not exist here: disarmed, the drop sends nothing.
+        r.disarm();
+        node.shutdown();
     }
 }

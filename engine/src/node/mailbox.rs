@@ -31,6 +31,7 @@ use super::{Cmd, NodeShared, StreamKey};
 use crate::proto::BufQueue;
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -147,22 +148,92 @@ impl MailMap {
     }
 }
 
+/// The shard's own record of its attached mailboxes, found by stream key: a table of
+/// the `Arc`s alone (each mailbox knows its key), 8 bytes a slot where a map that
+/// also stores the 16-byte key takes 24. A burst of a million busy streams grows it to
+/// 2^21 slots until the sweep has detached them and it shrinks (`shrink_mail`).
+#[derive(Default)]
+pub(crate) struct Mailboxes {
+    table: hashbrown::HashTable<Arc<Mailbox>>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Mailboxes {
+    pub(crate) fn get(&self, key: &StreamKey) -> Option<&Arc<Mailbox>> {
+        self.table
+            .find(self.hasher.hash_one(key), |m| m.key == *key)
+    }
+
+    pub(crate) fn contains_key(&self, key: &StreamKey) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Records `mb` under its key; returns the mailbox it replaced, if any.
+    pub(crate) fn insert(&mut self, mb: Arc<Mailbox>) -> Option<Arc<Mailbox>> {
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(&mb.key);
+        match self
+            .table
+            .entry(hash, |m| m.key == mb.key, |m| hasher.hash_one(m.key))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut e) => {
+                Some(std::mem::replace(e.get_mut(), mb))
+            }
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(mb);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, key: &StreamKey) -> Option<Arc<Mailbox>> {
+        let hash = self.hasher.hash_one(key);
+        let e = self.table.find_entry(hash, |m| m.key == *key).ok()?;
+        Some(e.remove().0)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    pub(crate) fn shrink_to(&mut self, min: usize) {
+        let hasher = &self.hasher;
+        self.table.shrink_to(min, |m| hasher.hash_one(m.key));
+    }
+
+    pub(crate) fn values(&self) -> impl ExactSizeIterator<Item = &Arc<Mailbox>> {
+        self.table.iter()
+    }
+
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Arc<Mailbox>> + '_ {
+        self.table.drain()
+    }
+}
+
 /// Received bytes waiting for readers.
 #[derive(Default)]
+///
+/// The counters are `u32`: the bytes a stream holds here, read or not, stay within its
+/// receive window (a `u32`), and the narrower fields keep `Mailbox` in the same
+/// allocator size class (224 bytes with its `Arc` counts) as before `ChunkQ` grew it.
 pub(crate) struct RecvSide {
-    pub(crate) q: VecDeque<Bytes>,
-    pub(crate) bytes: usize,
+    pub(crate) q: ChunkQ,
+    pub(crate) bytes: u32,
     /// Bytes readers took that the shard has not reported to the core yet.
-    pub(crate) consumed: usize,
+    pub(crate) consumed: u32,
     /// Report `consumed` to the shard once it reaches this (the core's next credit).
-    pub(crate) due: usize,
+    pub(crate) due: u32,
     pub(crate) wakers: Vec<Waker>,
 }
 
 /// Written bytes waiting for the stream's credit.
 #[derive(Default)]
 pub(crate) struct SendSide {
-    pub(crate) q: VecDeque<Bytes>,
+    pub(crate) q: ChunkQ,
     pub(crate) bytes: usize,
     pub(crate) wakers: Vec<Waker>,
 }
@@ -189,15 +260,62 @@ fn add_waker(v: &mut Vec<Waker>, w: &Waker) {
     }
 }
 
-/// Queues a chunk on a mailbox side. A side's first chunk gets a queue of room for
-/// exactly one (32 bytes, not the four a `VecDeque` starts with): most streams queue
-/// one chunk at a time, and a mailbox keeps its queues' room until it is detached,
-/// which for a million busy streams is a quarter of a KiB each.
-pub(crate) fn push_chunk(q: &mut VecDeque<Bytes>, b: Bytes) {
-    if q.capacity() == 0 {
-        q.reserve_exact(1);
+/// A mailbox side's queue of chunks, the first one inline. Most streams queue one
+/// chunk at a time, and a mailbox keeps its queues until it is detached: a
+/// `VecDeque`'s buffer for that one chunk was a heap block each side (48 bytes with
+/// glibc's header), a tenth of a KiB per busy stream for a million of them. The
+/// overflow queue is allocated when a second chunk waits and then kept while the
+/// mailbox lives, as the `VecDeque` kept its room (a stream that queued two chunks
+/// once likely will again; no allocation churn per burst).
+#[derive(Default)]
+pub(crate) struct ChunkQ {
+    /// The oldest chunk; `None` only when the whole queue is empty.
+    first: Option<Bytes>,
+    // Boxed on purpose: 8 bytes in every mailbox side instead of a `VecDeque`'s 32,
+    // for a queue few streams ever need.
+    #[allow(clippy::box_collection)]
+    rest: Option<Box<VecDeque<Bytes>>>,
+}
+
+impl ChunkQ {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
     }
-    q.push_back(b);
+
+    pub(crate) fn front_mut(&mut self) -> Option<&mut Bytes> {
+        self.first.as_mut()
+    }
+
+    pub(crate) fn push_back(&mut self, b: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(b);
+        } else {
+            self.rest.get_or_insert_with(Default::default).push_back(b);
+        }
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<Bytes> {
+        let out = self.first.take()?;
+        self.first = self.rest.as_mut().and_then(|r| r.pop_front());
+        Some(out)
+    }
+
+    /// Every chunk, oldest first, as one queue.
+    pub(crate) fn into_deque(self) -> VecDeque<Bytes> {
+        let mut v = self.rest.map_or_else(VecDeque::new, |r| *r);
+        if let Some(f) = self.first {
+            v.push_front(f);
+        }
+        v
+    }
+
+    /// Drops every chunk (the overflow queue keeps its room, as above).
+    pub(crate) fn clear(&mut self) {
+        self.first = None;
+        if let Some(r) = &mut self.rest {
+            r.clear();
+        }
+    }
 }
 
 /// Wakes everything in `v` (taken out under the lock, woken after it).
@@ -302,8 +420,9 @@ impl Mailbox {
             } else {
                 front.split_to(take)
             };
-            r.bytes -= take;
-            r.consumed += take;
+            // `take` is at most `r.bytes`, a u32.
+            r.bytes -= take as u32;
+            r.consumed += take as u32;
             *report |= r.consumed >= r.due;
             let more = !r.q.is_empty();
             drop(r);
@@ -344,8 +463,9 @@ impl Mailbox {
             got += take;
             out.push(chunk);
         }
-        r.bytes -= got;
-        r.consumed += got;
+        // `got` is at most `r.bytes`, a u32.
+        r.bytes -= got as u32;
+        r.consumed += got as u32;
         *report = r.consumed >= r.due;
         Poll::Ready(Ok(out))
     }
@@ -400,7 +520,7 @@ impl Mailbox {
         let b = make(n);
         let mut w = lock(&self.send);
         w.bytes += n;
-        push_chunk(&mut w.q, b);
+        w.q.push_back(b);
         Poll::Ready(Ok(n))
     }
 
@@ -431,19 +551,77 @@ impl Mailbox {
 
 #[cfg(test)]
 mod tests {
-    use super::push_chunk;
+    use super::{ChunkQ, Mailbox, Mailboxes};
+    use crate::node::StreamKey;
     use bytes::Bytes;
-    use std::collections::VecDeque;
+    use std::sync::Arc;
 
-    /// A side's first chunk takes room for one, not four; more grow as usual.
+    /// The queue is FIFO across the inline chunk and the overflow, and a side that
+    /// held one chunk at a time never allocated.
     #[test]
-    fn a_first_chunk_gets_room_for_one() {
-        let mut q = VecDeque::new();
-        push_chunk(&mut q, Bytes::from_static(b"echo"));
-        assert_eq!(q.capacity(), 1);
-        push_chunk(&mut q, Bytes::from_static(b"more"));
-        push_chunk(&mut q, Bytes::from_static(b"again"));
-        assert_eq!(q.len(), 3);
+    fn chunk_queue_is_fifo_and_holds_one_inline() {
+        let mut q = ChunkQ::default();
+        assert!(q.is_empty() && q.pop_front().is_none());
+        q.push_back(Bytes::from_static(b"echo"));
+        assert!(q.rest.is_none());
         assert_eq!(q.pop_front().as_deref(), Some(&b"echo"[..]));
+        assert!(q.is_empty() && q.rest.is_none());
+        for w in [&b"a"[..], b"bc", b"def"] {
+            q.push_back(Bytes::from_static(w));
+        }
+        q.front_mut().unwrap().clear();
+        assert_eq!(q.pop_front().as_deref(), Some(&b""[..]));
+        assert_eq!(q.pop_front().as_deref(), Some(&b"bc"[..]));
+        q.push_back(Bytes::from_static(b"g"));
+        assert_eq!(q.pop_front().as_deref(), Some(&b"def"[..]));
+        assert_eq!(q.pop_front().as_deref(), Some(&b"g"[..]));
+        assert!(q.is_empty());
+        for w in [&b"h"[..], b"i", b"j"] {
+            q.push_back(Bytes::from_static(w));
+        }
+        assert_eq!(q.pop_front().as_deref(), Some(&b"h"[..]));
+        let mut q = std::mem::take(&mut q).into_deque();
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.pop_front().as_deref(), Some(&b"i"[..]));
+        let mut q = ChunkQ::default();
+        q.push_back(Bytes::from_static(b"k"));
+        q.push_back(Bytes::from_static(b"l"));
+        q.clear();
+        assert!(q.is_empty() && q.pop_front().is_none());
+    }
+
+    /// The shard's table finds, replaces and removes mailboxes by their own key,
+    /// through growth and shrinking.
+    #[test]
+    fn mailboxes_by_their_key() {
+        let key = |id| StreamKey { link: 3, id };
+        let mut t = Mailboxes::default();
+        for id in 0..5000 {
+            assert!(t.insert(Arc::new(Mailbox::new(key(id), 0))).is_none());
+        }
+        assert_eq!(t.len(), 5000);
+        let again = Arc::new(Mailbox::new(key(7), 0));
+        let old = t.insert(again.clone()).expect("replaced");
+        assert!(!Arc::ptr_eq(&old, &again) && Arc::ptr_eq(t.get(&key(7)).unwrap(), &again));
+        for id in 10..5000 {
+            assert_eq!(t.remove(&key(id)).map(|m| m.key), Some(key(id)));
+        }
+        assert!(t.remove(&key(10)).is_none() && !t.contains_key(&key(4999)));
+        t.shrink_to(20);
+        assert!(t.capacity() < 100, "room {}", t.capacity());
+        assert!((0..10).all(|id| t.get(&key(id)).is_some_and(|m| m.key == key(id))));
+        assert_eq!(t.values().len(), 10);
+        assert_eq!(t.drain().count(), 10);
+        assert_eq!(t.len(), 0);
+        // 8 bytes a slot (plus hashbrown's control byte), not 24.
+        assert_eq!(std::mem::size_of::<Arc<Mailbox>>(), 8);
+    }
+
+    /// A busy stream holds one mailbox, with its `Arc` counts 224 bytes: mimalloc's
+    /// size class (glibc's chunk is 240), so any growth shows here.
+    #[test]
+    fn mailbox_is_small() {
+        let size = std::mem::size_of::<Mailbox>() + 16;
+        assert!(size <= 224, "ArcInner<Mailbox> is {size} bytes");
     }
 }

@@ -193,7 +193,11 @@ impl NodeShared {
     }
 
     fn new_link_id(&self) -> LinkId {
-        self.next_link.fetch_add(1, Ordering::Relaxed)
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        // Stream handles keep the shard in the bits above 2^48 (`StreamRef`): 2^48
+        // links would take nine years at a million a second.
+        assert!(id < 1 << 48, "link ids exhausted");
+        id
     }
 
     fn pick_shard(&self) -> u32 {

@@ -486,8 +486,8 @@ impl Shard {
         // No handle on the stream exists any more (the only one was just disarmed),
         // so no user thread can hold this lock: taking it cannot wait.
         let mut r = crate::node::mailbox::lock(&mb.recv);
-        let q = std::mem::take(&mut r.q);
-        let n = r.consumed + r.bytes;
+        let q = std::mem::take(&mut r.q).into_deque();
+        let n = r.consumed as usize + r.bytes as usize;
         (r.consumed, r.bytes) = (0, 0);
         drop(r);
         if let Some(slot) = st.links.get_mut(&key.link) {

@@ -29,7 +29,7 @@ use super::dial::DialReq;
 use super::errors::{link_error, stream_error};
 use super::io::Transport;
 use super::listeners::Table;
-use super::mailbox::Mailbox;
+use super::mailbox::Mailboxes;
 use super::relay::RelayBudget;
 use super::{
     Cmd, Incoming, LinkId, NodeShared, NodeStats, Reply, StreamKey, StreamRef, Transport0,
@@ -150,7 +150,7 @@ struct PendingDial {
 pub(crate) struct State {
     links: HashMap<LinkId, LinkSlot>,
     /// Mailboxes of busy streams (the same as `NodeShared::mail`, which handles read).
-    mail: HashMap<StreamKey, Arc<Mailbox>>,
+    mail: Mailboxes,
     /// Attached mailboxes in the order the idle sweep visits them.
     mail_order: VecDeque<StreamKey>,
     dials: HashMap<StreamKey, PendingDial>,

@@ -8,8 +8,8 @@
 
 use super::super::errors::{link_error, node_gone, stream_error};
 use super::super::mailbox::{
-    lock, push_chunk, wake_all, MailMap, Mailbox, ATTACHED, DETACHED, EOF, FIN_DONE, MAX_STAGED,
-    NOTIFY, RERR, RETRY, SHUT, TOUCHED, WERR,
+    lock, wake_all, MailMap, Mailbox, ATTACHED, DETACHED, EOF, FIN_DONE, MAX_STAGED, NOTIFY, RERR,
+    RETRY, SHUT, TOUCHED, WERR,
 };
 use super::super::{Cmd, StreamKey};
 use super::{Shard, State};
@@ -140,7 +140,8 @@ impl Shard {
             mb.fail(link_gone(st, key.link), RERR | WERR);
         } else if let Some(slot) = st.links.get_mut(&key.link) {
             if r.consumed > 0 {
-                slot.core.recv_consumed(key.id, r.consumed, r.bytes);
+                slot.core
+                    .recv_consumed(key.id, r.consumed as usize, r.bytes as usize);
                 r.consumed = 0;
                 st.dirty.push(key.link);
             }
@@ -151,8 +152,9 @@ impl Shard {
                 }
                 match slot.core.recv_take(key.id, usize::MAX) {
                     Ok(Recv::Data(b)) => {
-                        r.bytes += b.len();
-                        push_chunk(&mut r.q, b);
+                        // Within the stream's receive window, a u32.
+                        r.bytes += b.len() as u32;
+                        r.q.push_back(b);
                     }
                     Ok(Recv::Fin) => {
                         mb.set(EOF);
@@ -165,7 +167,8 @@ impl Shard {
                     }
                 }
             }
-            r.due = slot.core.credit_due(key.id, r.bytes);
+            let due = slot.core.credit_due(key.id, r.bytes as usize);
+            r.due = u32::try_from(due).unwrap_or(u32::MAX);
         }
         // One wake per empty→non-empty transition: readers register only when they
         // found nothing, and their wakers are taken here.
@@ -244,7 +247,7 @@ impl Shard {
         let Ok(mut r) = mb.recv.try_lock() else {
             return self.retry(mb);
         };
-        let (consumed, unread) = (r.consumed, r.bytes);
+        let (consumed, unread) = (r.consumed as usize, r.bytes as usize);
         r.q.clear();
         r.bytes = 0;
         r.consumed = 0;
@@ -308,12 +311,7 @@ impl Shard {
     /// Fails everything pending on a dead link.
     pub(super) fn fail_link(&self, st: &mut State, link: super::LinkId, why: &LinkError) {
         let on = |k: &StreamKey| k.link == link;
-        let mbs: Vec<Arc<Mailbox>> = st
-            .mail
-            .iter()
-            .filter(|(k, _)| on(k))
-            .map(|(_, m)| m.clone())
-            .collect();
+        let mbs: Vec<Arc<Mailbox>> = st.mail.values().filter(|m| on(&m.key)).cloned().collect();
         for mb in mbs {
             mb.fail(link_error(why), RERR | WERR);
             self.pump_send(st, &mb);
@@ -379,8 +377,7 @@ impl Shard {
     pub(crate) fn fail_all_mail(&self) {
         let inbox = &self.node.inboxes[self.idx as usize];
         inbox.close();
-        let mut mbs: Vec<Arc<Mailbox>> =
-            self.st.borrow_mut().mail.drain().map(|(_, m)| m).collect();
+        let mut mbs: Vec<Arc<Mailbox>> = self.st.borrow_mut().mail.drain().collect();
         for c in inbox.drain_all() {
             if let Cmd::Mail(m) | Cmd::Service(m) | Cmd::Attach(m) = c {
                 mbs.push(m);
@@ -403,7 +400,7 @@ impl Shard {
 fn insert_mail(map: &MailMap, st: &mut State, mb: Arc<Mailbox>) {
     let key = mb.key;
     map.insert(mb.clone());
-    st.mail.insert(key, mb);
+    st.mail.insert(mb);
     st.mail_order.push_back(key);
 }
 

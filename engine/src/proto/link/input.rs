@@ -282,12 +282,7 @@ impl Link {
             return self.count_reset();
         }
         let peer_window = self.peer.as_ref().map_or(0, |p| p.initial_window);
-        let mut s = Stream {
-            send_credit: peer_window,
-            recv_window: self.cfg.initial_window,
-            recv_avail: self.cfg.initial_window - data.len() as u32,
-            ..Default::default()
-        };
+        let mut s = Stream::new(0, peer_window, self.cfg.initial_window - data.len() as u32);
         push_recv(&mut self.bufs, id, data);
         if fin {
             s.set(FIN_RECV);
@@ -319,12 +314,12 @@ impl Link {
             return Ok(());
         }
         let len = data.len() as u32;
-        if data.len() > s.recv_avail as usize {
+        if data.len() > s.recv_avail() as usize {
             // The peer overran this stream's window: reset it, the others carry on.
             self.reset_stream(id, ErrorCode::FLOW_CONTROL, true);
             return Ok(());
         }
-        s.recv_avail -= len;
+        s.set_recv_avail(s.recv_avail() - len);
         if fin {
             s.set(FIN_RECV);
         }
@@ -419,8 +414,7 @@ impl Link {
         if s.is_reset() {
             return;
         }
-        s.set(RESET_RECV);
-        s.reset_code = code.0;
+        s.set_reset(RESET_RECV, code);
         self.send_queued -= slen(&self.bufs, id) as u64;
         clear_send(&mut self.bufs, id);
         // Data the peer finished sending before it reset stays readable: the reset

@@ -287,14 +287,15 @@ pub struct Link {
     /// Byte queues of streams that have data queued, and only those: an idle stream
     /// costs its small `streams` entry and nothing here.
     bufs: HashMap<StreamId, Bufs>,
+    /// Receive windows of the streams sharing the receive budget (flag `GROWN`: they
+    /// were window-limited), and only those: kept out of `streams` so an idle entry
+    /// stays small. Its length splits the budget (`fair_window`).
+    grown: HashMap<StreamId, u32>,
     /// OPEN headers of streams whose OPEN frame is not sent yet.
     pending_open: HashMap<StreamId, OpenHeader>,
     ready: VecDeque<StreamId>,
     events: VecDeque<Event>,
     budget_used: u64,
-    /// Streams flagged `SHARING` (window-limited at some point, not freed since): the
-    /// receive budget is split among them.
-    sharing_streams: u32,
     last_recv: Instant,
     ping_sent_at: Option<Instant>,
     ping_interval: Duration,
@@ -400,11 +401,11 @@ impl Link {
             highest_peer_n: 0,
             streams: HashMap::new(),
             bufs: HashMap::new(),
+            grown: HashMap::new(),
             pending_open: HashMap::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
             budget_used: 0,
-            sharing_streams: 0,
             last_recv: now,
             ping_sent_at: None,
             ping_interval,
@@ -544,6 +545,7 @@ impl Link {
         self.phase = Phase::Closed;
         self.streams.clear();
         self.bufs.clear();
+        self.grown.clear();
         self.send_queued = 0;
         self.link_blocked.clear();
         self.pending_open.clear();

@@ -39,13 +39,11 @@ impl Link {
         self.next_local_n += 1;
         let id = (n << 1) | self.parity;
         let peer_window = self.peer.as_ref().map_or(0, |p| p.initial_window);
-        let s = Stream {
-            flags: LOCAL | OPEN_PENDING | SCHEDULED,
-            send_credit: peer_window,
-            recv_window: self.cfg.initial_window,
-            recv_avail: self.cfg.initial_window,
-            ..Default::default()
-        };
+        let s = Stream::new(
+            LOCAL | OPEN_PENDING | SCHEDULED,
+            peer_window,
+            self.cfg.initial_window,
+        );
         self.streams.insert(id, s);
         self.pending_open.insert(id, header);
         self.ready.push_back(id);
@@ -64,7 +62,7 @@ impl Link {
             return Ok(());
         }
         let inc = std::mem::take(&mut s.recv_unacked);
-        s.recv_avail += inc;
+        s.set_recv_avail(s.recv_avail() + inc);
         self.push_ctrl(&Frame::Window {
             id,
             ack: true,
@@ -98,7 +96,7 @@ impl Link {
         self.check_usable()?;
         let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
         if s.is_reset() {
-            return Err(StreamError::Reset(ErrorCode(s.reset_code)));
+            return Err(StreamError::Reset(s.reset_code()));
         }
         if s.has(FIN_QUEUED) || s.has(APP_CLOSED) {
             return Err(StreamError::Finished);
@@ -151,7 +149,7 @@ impl Link {
         self.check_usable()?;
         let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
         if s.is_reset() {
-            return Err(StreamError::Reset(ErrorCode(s.reset_code)));
+            return Err(StreamError::Reset(s.reset_code()));
         }
         if s.has(FIN_QUEUED) {
             return Ok(());
@@ -186,7 +184,7 @@ impl Link {
         }
         let s = self.streams.get_mut(&id).ok_or(StreamError::Unknown)?;
         if s.is_reset() && rlen(&self.bufs, id) == 0 && !s.has(FIN_RECV) {
-            return Err(StreamError::Reset(ErrorCode(s.reset_code)));
+            return Err(StreamError::Reset(s.reset_code()));
         }
         match pop_recv(&mut self.bufs, id, max) {
             Some(b) => {
@@ -225,10 +223,11 @@ impl Link {
     pub fn credit_due(&self, id: StreamId, held: usize) -> usize {
         self.streams.get(&id).map_or(usize::MAX, |s| {
             let buffered = rlen(&self.bufs, id) + held;
+            let window = recv_window(&self.grown, s, id, self.cfg.initial_window);
             let at = if buffered > 0 {
-                s.recv_window / 4 * 3
+                window / 4 * 3
             } else {
-                s.recv_window / 2
+                window / 2
             };
             (at.saturating_sub(s.recv_unacked) as usize).max(1)
         })
@@ -258,6 +257,7 @@ impl Link {
         if self.phase == Phase::Closed {
             self.streams.remove(&id);
             self.bufs.remove(&id);
+            self.grown.remove(&id);
             return;
         }
         let Some(s) = self.streams.get_mut(&id) else {
@@ -297,8 +297,7 @@ impl Link {
         if s.is_reset() {
             return;
         }
-        s.set(RESET_SENT);
-        s.reset_code = code.0;
+        s.set_reset(RESET_SENT, code);
         self.send_queued -= slen(&self.bufs, id) as u64;
         clear_send(&mut self.bufs, id);
         clear_recv(&mut self.bufs, id);
@@ -316,14 +315,15 @@ impl Link {
 
     /// Returns a stream's window growth to the link budget.
     pub(super) fn release_window(&mut self, id: StreamId) {
-        if let Some(s) = self.streams.get_mut(&id) {
-            let grown = u64::from(s.recv_window.saturating_sub(self.cfg.initial_window));
-            if s.has(SHARING) {
-                s.clear(SHARING);
-                self.sharing_streams -= 1;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.has(GROWN) {
+            s.clear(GROWN);
+            if let Some(w) = self.grown.remove(&id) {
+                let grown = u64::from(w.saturating_sub(self.cfg.initial_window));
+                self.budget_used = self.budget_used.saturating_sub(grown);
             }
-            s.recv_window = self.cfg.initial_window;
-            self.budget_used = self.budget_used.saturating_sub(grown);
         }
     }
 
@@ -346,9 +346,8 @@ impl Link {
         // Credit goes back once half the window is consumed and the reader has caught
         // up, or once three quarters are consumed whatever is still buffered. Waiting
         // for the reader to drain lets the growth check below see whether it keeps up.
-        if s.recv_unacked < s.recv_window / 2
-            || (buffered > 0 && s.recv_unacked < s.recv_window / 4 * 3)
-        {
+        let window = recv_window(&self.grown, s, id, self.cfg.initial_window);
+        if s.recv_unacked < window / 2 || (buffered > 0 && s.recv_unacked < window / 4 * 3) {
             return;
         }
         let mut inc = s.recv_unacked;
@@ -356,37 +355,41 @@ impl Link {
         // The sender ran (nearly) dry while the reader drained everything: the window is
         // what limits this stream. It joins the streams sharing the budget (whether or
         // not any budget is left: counting it makes the others give some back).
-        let limited = buffered <= (s.recv_window / 4) as usize;
-        if limited && !s.has(SHARING) {
-            s.set(SHARING);
-            self.sharing_streams += 1;
+        let limited = buffered <= (window / 4) as usize;
+        if limited && !s.has(GROWN) {
+            s.set(GROWN);
+            self.grown.insert(id, window);
         }
-        let fair = fair_window(&self.cfg, self.sharing_streams).min(cap);
-        if s.recv_window > fair {
+        let fair = fair_window(&self.cfg, self.grown.len()).min(cap);
+        let mut new_window = window;
+        if window > fair {
             // More streams share the budget than when this one grew (or the round
             // trip turned out shorter): give back what is above its share by returning
             // less credit than was consumed (never below what the peer may already
             // send).
-            let cut = (s.recv_window - fair).min(inc);
-            s.recv_window -= cut;
+            let cut = (window - fair).min(inc);
+            new_window -= cut;
             inc -= cut;
             self.budget_used -= u64::from(cut);
-        } else if limited && s.recv_window < fair {
+        } else if limited && window < fair {
             // Grow it, within its share and what is left of the budget.
-            let want = (u64::from(s.recv_window) * 2).min(u64::from(fair));
-            let extra = (want - u64::from(s.recv_window))
+            let want = (u64::from(window) * 2).min(u64::from(fair));
+            let extra = (want - u64::from(window))
                 .min(self.cfg.recv_budget.saturating_sub(self.budget_used));
-            s.recv_window += extra as u32;
+            new_window += extra as u32;
             inc += extra as u32;
             self.budget_used += extra;
             // While windows are small little is queued on the link: a PING now
             // measures the path, not a backlog. The handshake's sample alone is often
             // inflated (a shard's first turns), and later keep-alive samples come only
             // from an idle link.
-            probe = s.recv_window <= self.cfg.window_floor && self.rtt_probe.is_none();
+            probe = new_window <= self.cfg.window_floor && self.rtt_probe.is_none();
+        }
+        if new_window != window {
+            self.grown.insert(id, new_window);
         }
         s.recv_unacked = 0;
-        s.recv_avail += inc;
+        s.set_recv_avail(s.recv_avail() + inc);
         if probe {
             self.probe(self.now);
         }
@@ -440,8 +443,8 @@ impl Link {
 /// receive budget: its share of the budget on top of `initial_window`, at most
 /// `max_window`. Without the cap the first streams to grow keep up to `max_window`
 /// each (16 of them take a 64 MiB budget) and the rest crawl at `initial_window`.
-fn fair_window(cfg: &LinkConfig, sharing: u32) -> u32 {
-    let share = cfg.recv_budget / u64::from(sharing.max(1));
+fn fair_window(cfg: &LinkConfig, sharing: usize) -> u32 {
+    let share = cfg.recv_budget / sharing.max(1) as u64;
     (u64::from(cfg.initial_window) + share).min(u64::from(cfg.max_window)) as u32
 }
 
@@ -465,8 +468,66 @@ fn window_cap(cfg: &LinkConfig, min_rtt: Option<Duration>) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{window_cap, LinkConfig};
-    use std::time::Duration;
+    use super::super::LinkConfig;
+    use super::*;
+    use bytes::BytesMut;
+    use std::time::{Duration, Instant};
+
+    /// Moves bytes both ways until nothing moves (at most 1,000 rounds).
+    fn pump(a: &mut Link, b: &mut Link, now: Instant) {
+        for _ in 0..1000 {
+            let (mut x, mut y) = (BytesMut::new(), BytesMut::new());
+            a.poll_transmit(&mut x, 1 << 20);
+            b.poll_transmit(&mut y, 1 << 20);
+            if x.is_empty() && y.is_empty() {
+                return;
+            }
+            let _ = b.handle_input(&x, now);
+            let _ = a.handle_input(&y, now);
+        }
+        panic!("pump did not settle");
+    }
+
+    /// A window that grew lives in `grown` (the stream entry only flags it) and gives
+    /// its growth back to the link budget when the stream is freed; a reset stream
+    /// still reports its code.
+    #[test]
+    fn grown_window_lives_beside_the_stream_and_is_returned() {
+        let now = Instant::now();
+        let cfg = |node_id| LinkConfig {
+            node_id,
+            ..LinkConfig::default()
+        };
+        let (mut a, mut b) = (Link::new(cfg(1), now), Link::new(cfg(2), now));
+        pump(&mut a, &mut b, now);
+        let id = a.open(OpenHeader::default()).unwrap();
+        pump(&mut a, &mut b, now);
+        b.accept(id).unwrap();
+        for _ in 0..50 {
+            let mut d = Bytes::from(vec![7u8; 1 << 20]);
+            a.send(id, &mut d).unwrap();
+            pump(&mut a, &mut b, now);
+            while let Ok(Recv::Data(_)) = b.recv(id, usize::MAX) {}
+            pump(&mut a, &mut b, now);
+        }
+        let s = &b.streams[&id];
+        assert!(s.has(GROWN));
+        let w = recv_window(&b.grown, s, id, b.cfg.initial_window);
+        assert!(w > b.cfg.initial_window, "window {w}");
+        assert_eq!(b.budget_used, u64::from(w - b.cfg.initial_window));
+        // Reset by the peer: the growth goes back at once, the code stays readable.
+        a.reset(id, ErrorCode::CANCELLED);
+        pump(&mut a, &mut b, now);
+        assert_eq!(
+            b.recv(id, usize::MAX),
+            Err(StreamError::Reset(ErrorCode::CANCELLED))
+        );
+        assert!(b.grown.is_empty() && b.budget_used == 0);
+        b.close(id);
+        a.close(id);
+        pump(&mut a, &mut b, now);
+        assert_eq!((a.stream_count(), b.stream_count()), (0, 0));
+    }
 
     #[test]
     fn window_cap_is_the_bandwidth_delay_product_within_floor_and_max() {
