@@ -243,7 +243,7 @@ impl NodeBuilder {
     /// Initial per-stream receive window in bytes (default 64 KiB) and the largest a
     /// busy stream's window grows to (default 4 MiB). Within that, a window grows only
     /// to the link's bandwidth-delay product (2.5 GB/s times the smallest measured
-    /// round trip, at least 512 KiB): on a short path more would only queue in socket
+    /// round trip, at least 1 MiB): on a short path more would only queue in socket
     /// buffers ahead of other streams' frames.
     pub fn windows(mut self, initial: u32, max: u32) -> Self {
         self.cfg.link.initial_window = initial;

@@ -86,7 +86,7 @@ impl Default for LinkConfig {
             initial_window: 64 * 1024,
             max_window: 4 * 1024 * 1024,
             window_target_rate: 2_500_000_000,
-            window_floor: 512 * 1024,
+            window_floor: 1024 * 1024,
             recv_budget: 64 * 1024 * 1024,
             max_streams: 1 << 20,
             keepalive_interval: Duration::from_secs(10),

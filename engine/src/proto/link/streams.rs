@@ -451,10 +451,12 @@ fn fair_window(cfg: &LinkConfig, sharing: usize) -> u32 {
 /// The largest window one stream needs: `window_target_rate` over the smallest round
 /// trip measured (its bandwidth-delay product), within `[window_floor, max_window]`.
 /// Until a round trip is measured (the PING sent when the handshake completes answers
-/// within one), `max_window`. On loopback this keeps a bulk stream at the floor: a
-/// larger window moved no more bytes there, and only queued up to 4 MiB in the socket
-/// ahead of every other stream's frames (hol p99 beside bulk 4-12 x alone; 0.9-1.7 x
-/// at 512 KiB, bulk unchanged).
+/// within one), `max_window`. On loopback this keeps a bulk stream at the floor. The
+/// floor is a trade measured there (2 rounds each, `bulk` MB/s and `hol` p99 beside
+/// bulk / alone): 4 MiB 2,693-3,114 and 3.5 x; 2 MiB 2,559-3,340 and 2.4-2.6 x;
+/// 1 MiB 2,263-2,590 and 1.9-2.1 x; 512 KiB 1,780-2,578 and 1.7-1.8 x. Bytes in flight
+/// beyond what keeps the stream moving only queue in the socket, ahead of every other
+/// stream's frames.
 fn window_cap(cfg: &LinkConfig, min_rtt: Option<Duration>) -> u32 {
     let max = cfg.max_window.max(cfg.initial_window);
     let Some(rtt) = min_rtt else {
