@@ -331,7 +331,12 @@ impl Link {
     /// streams whose reader keeps up (auto-tuning), within the link budget.
     /// `held`: bytes taken out with [`Link::recv_take`] and not yet read.
     fn maybe_send_window(&mut self, id: StreamId, held: usize) {
-        let cap = window_cap(&self.cfg, self.min_rtt);
+        // A stream alone on its link delays nobody: it may use the whole window.
+        let cap = if self.streams.len() <= 1 {
+            self.cfg.max_window.max(self.cfg.initial_window)
+        } else {
+            window_cap(&self.cfg, self.min_rtt)
+        };
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -451,7 +456,9 @@ fn fair_window(cfg: &LinkConfig, sharing: usize) -> u32 {
 /// The largest window one stream needs: `window_target_rate` over the smallest round
 /// trip measured (its bandwidth-delay product), within `[window_floor, max_window]`.
 /// Until a round trip is measured (the PING sent when the handshake completes answers
-/// within one), `max_window`. On loopback this keeps a bulk stream at the floor. The
+/// within one), `max_window`. It applies while other streams share the link (a stream
+/// alone on it may grow to `max_window`). On loopback it keeps a bulk stream at the
+/// floor. The
 /// floor is a trade measured there (2 rounds each, `bulk` MB/s and `hol` p99 beside
 /// bulk / alone): 4 MiB 2,693-3,114 and 3.5 x; 2 MiB 2,559-3,340 and 2.4-2.6 x;
 /// 1 MiB 2,263-2,590 and 1.9-2.1 x; 512 KiB 1,780-2,578 and 1.7-1.8 x. Bytes in flight
