@@ -223,6 +223,8 @@ pub(crate) struct Shard {
     wake_buf: RefCell<Vec<Waker>>,
     /// A mailbox was found locked by a user thread (see `streams.rs`, `retry`).
     retried: std::cell::Cell<bool>,
+    /// `take_commands`' batch, kept so a link's IO task does not allocate one per turn.
+    cmd_buf: RefCell<Vec<Cmd>>,
 }
 
 impl Shard {
@@ -238,6 +240,7 @@ impl Shard {
             control,
             wake_buf: RefCell::default(),
             retried: std::cell::Cell::new(false),
+            cmd_buf: RefCell::default(),
         }
     }
 
@@ -446,11 +449,14 @@ impl Shard {
         if self.retried.get() || self.st.borrow().stopping {
             return;
         }
-        let mut batch = Vec::new();
+        // Taken out while the commands run (handling one never comes back here, but
+        // if it did it would find an empty buffer, not a borrowed one).
+        let mut batch = std::mem::take(&mut *self.cmd_buf.borrow_mut());
         self.node.inboxes[self.idx as usize].try_batch(&mut batch, 256);
         if !batch.is_empty() {
             self.handle_batch(&mut batch);
         }
+        *self.cmd_buf.borrow_mut() = batch;
     }
 
     /// Handles a batch of inbox commands in order, then what follows every batch.
