@@ -275,9 +275,7 @@ impl AsyncStream {
     pub fn reset(self) {
         self.r.reset(ErrorCode::CANCELLED);
     }
-}
 
-impl AsyncStream {
     /// The engine's handle (for adapters that read chunks straight into their own
     /// buffers).
     pub(crate) fn handle(&self) -> &StreamRef {

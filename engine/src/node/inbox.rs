@@ -65,7 +65,7 @@ impl<T> Inbox<T> {
     /// Waits until at least one command is queued, then moves up to `max` into `out`.
     pub(crate) async fn next_batch(&self, out: &mut Vec<T>, max: usize) {
         poll_fn(|cx| {
-            self.drain(out, max);
+            self.try_batch(out, max);
             if !out.is_empty() {
                 return Poll::Ready(());
             }
@@ -73,7 +73,7 @@ impl<T> Inbox<T> {
             // with us either sees `idle` and wakes us, or is seen by the second look.
             self.waker.register(cx.waker());
             self.idle.store(true, Ordering::SeqCst);
-            self.drain(out, max);
+            self.try_batch(out, max);
             if out.is_empty() {
                 Poll::Pending
             } else {
@@ -84,13 +84,9 @@ impl<T> Inbox<T> {
         .await
     }
 
-    /// Takes up to `max` queued items without waiting (the consumer's task may also be
-    /// woken for them; it then finds fewer or none).
+    /// Moves up to `max` queued items into `out` without waiting (the consumer's task
+    /// may also be woken for them; it then finds fewer or none).
     pub(crate) fn try_batch(&self, out: &mut Vec<T>, max: usize) {
-        self.drain(out, max);
-    }
-
-    fn drain(&self, out: &mut Vec<T>, max: usize) {
         while out.len() < max {
             match self.queue.pop() {
                 Some(c) => out.push(c),

@@ -85,11 +85,14 @@ pub(crate) struct MailMap(arc_swap::ArcSwap<MailTable>);
 /// `write`, and SipHash alone was ~2 % of an rpc profile.
 type MailTable = papaya::HashMap<StreamKey, Arc<Mailbox>, hashbrown::DefaultHashBuilder>;
 
+/// An empty [`MailTable`] with room for `room` mailboxes.
+fn mail_table(room: usize) -> MailTable {
+    papaya::HashMap::with_capacity_and_hasher(room, hashbrown::DefaultHashBuilder::default())
+}
+
 impl Default for MailMap {
     fn default() -> Self {
-        Self(arc_swap::ArcSwap::from_pointee(
-            papaya::HashMap::with_hasher(hashbrown::DefaultHashBuilder::default()),
-        ))
+        Self(arc_swap::ArcSwap::from_pointee(mail_table(0)))
     }
 }
 
@@ -128,10 +131,7 @@ impl MailMap {
         live: impl ExactSizeIterator<Item = &'a Arc<Mailbox>>,
         room: usize,
     ) {
-        let fresh = papaya::HashMap::with_capacity_and_hasher(
-            room.max(live.len()),
-            hashbrown::DefaultHashBuilder::default(),
-        );
+        let fresh = mail_table(room.max(live.len()));
         {
             let m = fresh.pin();
             for mb in live {

@@ -361,11 +361,9 @@ impl Link {
         // what limits this stream. It joins the streams sharing the budget (whether or
         // not any budget is left: counting it makes the others give some back).
         let limited = buffered <= (window / 4) as usize;
-        if limited && !s.has(GROWN) {
-            s.set(GROWN);
-            self.grown.insert(id, window);
-        }
-        let fair = fair_window(&self.cfg, self.grown.len()).min(cap);
+        let joins = limited && !s.has(GROWN);
+        let sharing = self.grown.len() + usize::from(joins);
+        let fair = fair_window(&self.cfg, sharing).min(cap);
         let mut new_window = window;
         if window > fair {
             // More streams share the budget than when this one grew (or the round
@@ -390,7 +388,10 @@ impl Link {
             // from an idle link.
             probe = new_window <= self.cfg.window_floor && self.rtt_probe.is_none();
         }
-        if new_window != window {
+        if joins {
+            s.set(GROWN);
+        }
+        if joins || new_window != window {
             self.grown.insert(id, new_window);
         }
         s.recv_unacked = 0;
@@ -458,8 +459,7 @@ fn fair_window(cfg: &LinkConfig, sharing: usize) -> u32 {
 /// Until a round trip is measured (the PING sent when the handshake completes answers
 /// within one), `max_window`. It applies while other streams share the link (a stream
 /// alone on it may grow to `max_window`). On loopback it keeps a bulk stream at the
-/// floor. The
-/// floor is a trade measured there (2 rounds each, `bulk` MB/s and `hol` p99 beside
+/// floor, a trade measured there (2 rounds each, `bulk` MB/s and `hol` p99 beside
 /// bulk / alone): 4 MiB 2,693-3,114 and 3.5 x; 2 MiB 2,559-3,340 and 2.4-2.6 x;
 /// 1 MiB 2,263-2,590 and 1.9-2.1 x; 512 KiB 1,780-2,578 and 1.7-1.8 x. Bytes in flight
 /// beyond what keeps the stream moving only queue in the socket, ahead of every other
